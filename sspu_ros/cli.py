@@ -1,0 +1,263 @@
+"""``sspu``: the command-line interface of sspu_ros (ROS-free).
+
+Each subcommand is a thin layer over the core modules; every error a user can cause
+(bad file, bad parameter, unknown model) ends in one ``sspu: error: ...`` line and exit
+status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+
+
+class UsageError(ValueError):
+    """A command-line input the user has to fix."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .cloud_io import CloudFileError
+    from .config import ConfigError
+    from .pointcloud2 import PointCloudFormatError
+    from .upsampler import ModelError
+
+    return (UsageError, CloudFileError, ConfigError, PointCloudFormatError, ModelError)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _load_config(args: argparse.Namespace):
+    from .config import load_config
+
+    overrides = {}
+    if getattr(args, "model", None) is not None:
+        overrides["model"] = args.model
+    if getattr(args, "ratio", None) is not None:
+        overrides["ratio"] = args.ratio
+    return load_config(getattr(args, "config", None), overrides)
+
+
+def _finite_points(xyz: np.ndarray, path: str, min_points: int) -> np.ndarray:
+    finite = np.isfinite(xyz).all(axis=1)
+    n_bad = int((~finite).sum())
+    if n_bad:
+        print(f"{path}: dropped {n_bad} point(s) with NaN/Inf coordinates", file=sys.stderr)
+        xyz = xyz[finite]
+    if xyz.shape[0] == 0:
+        raise UsageError(f"{path}: the cloud has no (finite) points")
+    if xyz.shape[0] < min_points:
+        raise UsageError(
+            f"{path}: {xyz.shape[0]} point(s) is too few to upsample (need >= {min_points})"
+        )
+    return xyz
+
+
+def _upsample_file(src: str, dst: str, cfg) -> dict:
+    from .cloud_io import read_cloud, write_cloud
+    from .upsampler import load_upsampler
+
+    upsampler = load_upsampler(cfg["model"], cfg["ratio"])
+    cloud = read_cloud(src)
+    xyz = _finite_points(cloud.xyz, src, cfg["ratio"])
+    t0 = time.perf_counter()
+    dense = upsampler.upsample(xyz)
+    seconds = time.perf_counter() - t0
+    generated = np.zeros(dense.shape[0], dtype=np.uint8)
+    generated[xyz.shape[0]:] = 1
+    write_cloud(dst, dense, {"generated": generated})
+    return {"input": src, "output": dst, "model": upsampler.name, "ratio": upsampler.ratio,
+            "input_points": int(xyz.shape[0]), "output_points": int(dense.shape[0]),
+            "seconds": round(seconds, 4)}
+
+
+# --------------------------------------------------------------------------- subcommands
+
+
+def cmd_upsample(args: argparse.Namespace) -> int:
+    cfg = _load_config(args)
+    r = _upsample_file(args.input, args.output, cfg)
+    print(f"{r['input']}: {r['input_points']} -> {r['output_points']} points "
+          f"(model {r['model']}, x{r['ratio']}) in {r['seconds'] * 1000:.1f} ms -> {r['output']}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .cloud_io import write_cloud
+    from .sample_data import torus_knot_surface
+
+    if args.points < 1:
+        raise UsageError(f"--points must be >= 1, got {args.points}")
+    xyz = torus_knot_surface(args.points, seed=args.seed)
+    write_cloud(args.output, xyz)
+    print(f"wrote {xyz.shape[0]} sample points (torus-knot surface, seed {args.seed}) "
+          f"to {args.output}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job on the shipped defaults: make the sample, upsample it, report."""
+    from .cloud_io import write_cloud
+    from .sample_data import torus_knot_surface
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sample = out / "sample.ply"
+    write_cloud(sample, torus_knot_surface(2048, seed=0))
+    cfg = _load_config(args)
+    r = _upsample_file(str(sample), str(out / f"sample_x{cfg['ratio']}.ply"), cfg)
+    print(f"sspu demo: generated sample {sample} ({r['input_points']} points)")
+    print(f"sspu demo: upsampled x{r['ratio']} with model '{r['model']}' (config: "
+          f"{cfg.source}) -> {r['output']} ({r['output_points']} points, "
+          f"{r['seconds'] * 1000:.1f} ms)")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .cloud_io import read_cloud, write_cloud
+
+    cloud = read_cloud(args.input)
+    write_cloud(args.output, cloud.xyz, cloud.attributes, binary=not args.ascii)
+    print(f"{args.input} -> {args.output}: {cloud.xyz.shape[0]} points, attributes: "
+          f"{', '.join(cloud.attributes) or 'none'}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .cloud_io import read_cloud
+
+    cloud = read_cloud(args.input)
+    xyz = cloud.xyz
+    finite = np.isfinite(xyz).all(axis=1)
+    info = {"file": args.input, "points": int(xyz.shape[0]),
+            "non_finite_points": int((~finite).sum()),
+            "attributes": {k: f"{v.dtype}{list(v.shape[1:]) or ''}"
+                           for k, v in cloud.attributes.items()}}
+    if finite.any():
+        f = xyz[finite]
+        info["min"] = [round(float(v), 4) for v in f.min(axis=0)]
+        info["max"] = [round(float(v), 4) for v in f.max(axis=0)]
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from .config import find_config_dir, load_config, parameter_specs
+
+    if args.action == "show":
+        print(load_config(args.file).to_yaml(), end="")
+    elif args.action == "check":
+        if not args.file:
+            raise UsageError("sspu config check needs a parameter FILE")
+        cfg = load_config(args.file)
+        print(f"{args.file}: valid ({len(cfg)} parameters)")
+    elif args.action == "params":
+        for spec in parameter_specs().values():
+            ro = " [read-only at runtime]" if spec.read_only else ""
+            print(f"{spec.name}: {spec.allowed()}{ro}\n    {spec.description}")
+    else:  # path
+        print(find_config_dir())
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "codec":
+        from .bench_codec import format_codec_benchmark, run_codec_benchmark
+
+        result = run_codec_benchmark(args.scan, repeats=args.repeats)
+        print(json.dumps(result, indent=2) if args.json else format_codec_benchmark(result))
+        return 0
+    raise UsageError(f"unknown benchmark '{args.what}'")
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_checks
+
+    problems = run_checks(print)
+    return 1 if problems and args.strict else 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sspu",
+        description="sspu_ros: self-supervised LiDAR point-cloud densification (ROS-free CLI).",
+    )
+    parser.add_argument("--version", action="version", version=f"sspu_ros {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def with_model(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", help="upsampler (default: the config's 'model')")
+        p.add_argument("--ratio", type=int, help="upsampling ratio (default: config 'ratio')")
+        p.add_argument("--config", help="ROS 2 parameter YAML overriding the defaults")
+
+    p = sub.add_parser("upsample", help="upsample a point-cloud file (.xyz .ply .pcd .bin .npy)")
+    p.add_argument("input")
+    p.add_argument("-o", "--output", required=True, help="output file; format from extension")
+    with_model(p)
+    p.set_defaults(func=cmd_upsample)
+
+    p = sub.add_parser("sample", help="write the project's own procedural sample cloud")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--points", type=int, default=2048)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("demo", help="main job on the shipped defaults: sample -> upsample")
+    p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    with_model(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("convert", help="convert between point-cloud file formats")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--ascii", action="store_true", help="ascii PLY/PCD instead of binary")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("info", help="summary of a point-cloud file")
+    p.add_argument("input")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("config", help="show, check or describe the node/CLI parameters")
+    p.add_argument("action", choices=["show", "check", "params", "path"])
+    p.add_argument("file", nargs="?", help="parameter YAML (show: merged onto defaults)")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("bench", help="benchmarks that print figures")
+    p.add_argument("what", choices=["codec"])
+    p.add_argument("--scan", help="KITTI .bin scan (default: ../shared/data, else synthetic)")
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("doctor", help="check the installation (torch, ROS 2, backends, data)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
+    p.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as e:
+        print(f"sspu: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sspu: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
