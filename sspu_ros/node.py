@@ -125,7 +125,7 @@ def create_node(**node_kwargs: Any):
                                      PointCloud2, PointField)
             except PointCloudFormatError as e:
                 self.n_rejected += 1
-                self.get_logger().warn(f"rejected a malformed PointCloud2 ({e})",
+                self.get_logger().warning(f"rejected a malformed PointCloud2 ({e})",
                                        throttle_duration_sec=WARN_THROTTLE_S)
                 return
             except Exception as e:  # noqa: BLE001 - never let one scan kill the node
