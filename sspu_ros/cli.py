@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .config import CONFIG_NAMES
 
 
 class UsageError(ValueError):
@@ -152,14 +153,14 @@ def cmd_config(args: argparse.Namespace) -> int:
     from .config import find_config_dir, load_config, parameter_specs
 
     if args.action == "show":
-        print(load_config(args.file).to_yaml(), end="")
+        print(load_config(args.file, name=args.name).to_yaml(), end="")
     elif args.action == "check":
         if not args.file:
             raise UsageError("sspu config check needs a parameter FILE")
-        cfg = load_config(args.file)
-        print(f"{args.file}: valid ({len(cfg)} parameters)")
+        cfg = load_config(args.file, name=args.name)
+        print(f"{args.file}: valid {args.name} configuration ({len(cfg)} parameters)")
     elif args.action == "params":
-        for spec in parameter_specs().values():
+        for spec in parameter_specs(args.name).values():
             ro = " [read-only at runtime]" if spec.read_only else ""
             print(f"{spec.name}: {spec.allowed()}{ro}\n    {spec.description}")
     else:  # path
@@ -231,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="show, check or describe the node/CLI parameters")
     p.add_argument("action", choices=["show", "check", "params", "path"])
     p.add_argument("file", nargs="?", help="parameter YAML (show: merged onto defaults)")
+    p.add_argument("--name", choices=CONFIG_NAMES, default="upsample",
+                   help="which configuration: the node/CLI's (upsample) or training's")
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")

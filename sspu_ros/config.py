@@ -25,7 +25,9 @@ import yaml
 PACKAGE = "sspu_ros"
 SCHEMA_FILE = "upsample.schema.json"
 DEFAULTS_FILE = "upsample.yaml"
-_DEFINITION = "upsample"
+# Each configuration NAME has NAME.yaml (defaults) and NAME.schema.json (with the
+# parameters under definitions.NAME): 'upsample' (node, CLI, benchmarks), 'train'.
+CONFIG_NAMES = ("upsample", "train")
 
 
 class ConfigError(ValueError):
@@ -123,10 +125,15 @@ def _load_schema_file(path: str) -> dict:
         return json.load(f)
 
 
-def load_schema(config_dir: Path | None = None) -> dict:
-    """The schema of the node's ``ros__parameters`` object (``definitions.upsample``)."""
-    root = _load_schema_file(str((config_dir or find_config_dir()) / SCHEMA_FILE))
-    return root["definitions"][_DEFINITION]
+def _schema_root(name: str) -> dict:
+    if name not in CONFIG_NAMES:
+        raise ConfigError(f"unknown configuration '{name}' (known: {', '.join(CONFIG_NAMES)})")
+    return _load_schema_file(str(find_config_dir() / f"{name}.schema.json"))
+
+
+def load_schema(name: str = "upsample") -> dict:
+    """The schema of the ``ros__parameters`` object of configuration ``name``."""
+    return _schema_root(name)["definitions"][name]
 
 
 def _resolve(node: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -139,9 +146,9 @@ def _resolve(node: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, A
     return target
 
 
-def parameter_specs(config_dir: Path | None = None) -> dict[str, ParameterSpec]:
-    """All leaf parameters of the schema, by dotted name, in schema order."""
-    root = _load_schema_file(str((config_dir or find_config_dir()) / SCHEMA_FILE))
+def parameter_specs(name: str = "upsample") -> dict[str, ParameterSpec]:
+    """All leaf parameters of configuration ``name``, by dotted name, in schema order."""
+    root = _schema_root(name)
     out: dict[str, ParameterSpec] = {}
 
     def walk(node: Mapping[str, Any], prefix: str) -> None:
@@ -152,7 +159,7 @@ def parameter_specs(config_dir: Path | None = None) -> dict[str, ParameterSpec]:
         else:
             out[prefix[:-1]] = ParameterSpec(prefix[:-1], node)
 
-    walk(root["definitions"][_DEFINITION], "")
+    walk(root["definitions"][name], "")
     return out
 
 
@@ -223,9 +230,10 @@ def _defaults_cached(path: str) -> tuple[tuple[str, Any], ...]:
     return tuple(read_parameter_file(path).items())
 
 
-def default_parameters(config_dir: Path | None = None) -> dict[str, Any]:
-    """The shipped defaults (``config/upsample.yaml``), flat."""
-    path = (config_dir or find_config_dir()) / DEFAULTS_FILE
+def default_parameters(name: str = "upsample") -> dict[str, Any]:
+    """The shipped defaults (``config/NAME.yaml``), flat."""
+    _schema_root(name)
+    path = find_config_dir() / f"{name}.yaml"
     return dict(_defaults_cached(str(path)))
 
 
@@ -270,12 +278,14 @@ def _check_value(spec: ParameterSpec, value: Any) -> None:
 
 def _cross_checks(flat: Mapping[str, Any]) -> None:
     """Constraints between parameters that a JSON schema cannot express."""
-    pairs = [("crop.min_range", "crop.max_range"), ("crop.min_z", "crop.max_z")]
-    for lo, hi in pairs:
-        if lo in flat and hi in flat and not flat[lo] < flat[hi]:
+    pairs = [("crop.min_range", "crop.max_range", False), ("crop.min_z", "crop.max_z", False),
+             ("data.augment.scale_min", "data.augment.scale_max", True)]
+    for lo, hi, equal_ok in pairs:
+        if lo in flat and hi in flat and not (flat[lo] < flat[hi]
+                                              or (equal_ok and flat[lo] == flat[hi])):
             raise ConfigError(
-                f"parameter '{lo}' = {_fmt(flat[lo])} must be smaller than '{hi}' = "
-                f"{_fmt(flat[hi])}"
+                f"parameter '{lo}' = {_fmt(flat[lo])} must be "
+                f"{'at most' if equal_ok else 'smaller than'} '{hi}' = {_fmt(flat[hi])}"
             )
 
 
@@ -285,13 +295,13 @@ def _unknown_message(name: str, specs: Mapping[str, ParameterSpec]) -> str:
     return f"unknown parameter '{name}'{hint} (known parameters: {', '.join(specs)})"
 
 
-def validate_parameters(flat: Mapping[str, Any], config_dir: Path | None = None) -> dict:
+def validate_parameters(flat: Mapping[str, Any], name: str = "upsample") -> dict:
     """Validate a complete flat parameter set; returns it with values coerced.
 
     Raises :class:`ConfigError` naming the first offending parameter (unknown names come
     with the closest known names).
     """
-    specs = parameter_specs(config_dir)
+    specs = parameter_specs(name)
     unknown = [k for k in flat if k not in specs]
     if unknown:
         raise ConfigError(_unknown_message(unknown[0], specs))
@@ -307,26 +317,26 @@ def validate_parameters(flat: Mapping[str, Any], config_dir: Path | None = None)
     return out
 
 
-def validate_parameter(name: str, value: Any, current: Mapping[str, Any], *,
-                       runtime: bool = True, config_dir: Path | None = None) -> Any:
+def validate_parameter(param: str, value: Any, current: Mapping[str, Any], *,
+                       runtime: bool = True, name: str = "upsample") -> Any:
     """Validate one changed parameter against the schema and the other current values.
 
     With ``runtime=True`` (the node's set-parameters callback), read-only parameters are
     refused. Returns the coerced value; raises :class:`ConfigError` with the reason.
     """
-    specs = parameter_specs(config_dir)
-    spec = specs.get(name)
+    specs = parameter_specs(name)
+    spec = specs.get(param)
     if spec is None:
-        raise ConfigError(_unknown_message(name, specs))
+        raise ConfigError(_unknown_message(param, specs))
     if runtime and spec.read_only:
         raise ConfigError(
-            f"parameter '{name}' is read-only while the node runs; set it in the parameter "
+            f"parameter '{param}' is read-only while the node runs; set it in the parameter "
             "file or on the command line and restart the node"
         )
     value = coerce_value(spec, value)
     _check_value(spec, value)
     merged = dict(current)
-    merged[name] = value
+    merged[param] = value
     _cross_checks(merged)
     return value
 
@@ -337,9 +347,11 @@ def validate_parameter(name: str, value: Any, current: Mapping[str, Any], *,
 class Config(Mapping[str, Any]):
     """A validated, read-only flat parameter set (``cfg['crop.max_range']``)."""
 
-    def __init__(self, flat: Mapping[str, Any], source: str = "defaults") -> None:
+    def __init__(self, flat: Mapping[str, Any], source: str = "defaults",
+                 name: str = "upsample") -> None:
         self._flat = dict(flat)
         self.source = source
+        self.name = name
 
     def __getitem__(self, key: str) -> Any:
         try:
@@ -364,17 +376,18 @@ class Config(Mapping[str, Any]):
         """A validated copy with some parameters changed (dotted names as ``a__b``)."""
         flat = dict(self._flat)
         flat.update({k.replace("__", "."): v for k, v in overrides.items()})
-        return Config(validate_parameters(flat), self.source)
+        return Config(validate_parameters(flat, self.name), self.source, self.name)
 
     def __repr__(self) -> str:
         return f"Config({self._flat!r}, source={self.source!r})"
 
 
 def load_config(path: str | Path | None = None,
-                overrides: Mapping[str, Any] | None = None) -> Config:
-    """Defaults, then the parameters of ``path`` (if any), then ``overrides`` (flat dotted
-    names); validated as a whole."""
-    flat = default_parameters()
+                overrides: Mapping[str, Any] | None = None, *,
+                name: str = "upsample") -> Config:
+    """Defaults of configuration ``name``, then the parameters of ``path`` (if any), then
+    ``overrides`` (flat dotted names); validated as a whole."""
+    flat = default_parameters(name)
     source = "defaults"
     if path is not None:
         flat.update(read_parameter_file(path))
@@ -382,7 +395,7 @@ def load_config(path: str | Path | None = None,
     if overrides:
         flat.update(overrides)
     try:
-        return Config(validate_parameters(flat), source)
+        return Config(validate_parameters(flat, name), source, name)
     except ConfigError as e:
         if path is not None:
             raise ConfigError(f"{path}: {e}") from None

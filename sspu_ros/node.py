@@ -85,7 +85,8 @@ def create_node(**node_kwargs: Any):
                 try:
                     param = self.declare_parameter(name, defaults[name], _descriptor(spec))
                 except Exception as e:  # noqa: BLE001 - rclpy type/range exceptions
-                    raise ConfigError(f"parameter '{name}': {e}; allowed: {spec.allowed()}")
+                    raise ConfigError(
+                        f"parameter '{name}': {e}; allowed: {spec.allowed()}") from None
                 values[name] = param.value
             self.params = validate_parameters(values)
             self.upsampler = load_upsampler(self.params["model"], self.params["ratio"])

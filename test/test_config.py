@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from sspu_ros.config import (
+    CONFIG_NAMES,
     ConfigError,
     default_parameters,
     find_config_dir,
@@ -19,17 +20,20 @@ from sspu_ros.config import (
 )
 
 
-def test_shipped_yaml_validates_against_the_whole_file_schema():
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_shipped_yaml_validates_against_the_whole_file_schema(name):
     d = find_config_dir()
-    schema = json.loads((d / "upsample.schema.json").read_text())
+    schema = json.loads((d / f"{name}.schema.json").read_text())
     jsonschema.Draft7Validator.check_schema(schema)
-    doc = yaml.safe_load((d / "upsample.yaml").read_text())
+    doc = yaml.safe_load((d / f"{name}.yaml").read_text())
     jsonschema.validate(doc, schema)
+    load_config(name=name)  # and through the loader (cross-parameter checks)
 
 
-def test_every_schema_parameter_has_exactly_one_default_and_a_description():
-    specs = parameter_specs()
-    defaults = default_parameters()
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_every_schema_parameter_has_exactly_one_default_and_a_description(name):
+    specs = parameter_specs(name)
+    defaults = default_parameters(name)
     assert set(specs) == set(defaults)
     for spec in specs.values():
         assert spec.description, spec.name
@@ -109,3 +113,12 @@ def test_config_yaml_dump_round_trips(tmp_path):
     f = tmp_path / "dump.yaml"
     f.write_text(cfg.to_yaml())
     assert dict(load_config(f)) == dict(cfg)
+
+
+def test_training_config_checks():
+    with pytest.raises(ConfigError, match="'data.augment.scale_min' = 2.0 must be at most"):
+        load_config(overrides={"data.augment.scale_min": 2.0}, name="train")
+    with pytest.raises(ConfigError, match="'model.attention'.*'global', 'local', 'none'"):
+        load_config(overrides={"model.attention": "full"}, name="train")
+    with pytest.raises(ConfigError, match="unknown configuration"):
+        load_config(name="nope")
