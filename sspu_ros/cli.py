@@ -175,7 +175,76 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = run_codec_benchmark(args.scan, repeats=args.repeats)
         print(json.dumps(result, indent=2) if args.json else format_codec_benchmark(result))
         return 0
+    if args.what == "train":
+        from .bench_train import format_train_benchmark, run_train_benchmark
+
+        result = run_train_benchmark(batch=args.batch, steps=args.steps, device=args.device,
+                                     overrides=_parse_sets(args.set))
+        print(json.dumps(result, indent=2) if args.json else format_train_benchmark(result))
+        return 0
+    if args.what == "quality":
+        from .evaluation import format_quality, run_quality
+
+        if not args.data:
+            raise UsageError("sspu bench quality needs --data (e.g. ../shared/data/pugan-dev)")
+        result = run_quality(args.data, models=args.model or [], limit=args.limit,
+                             out_dir=args.out)
+        print(json.dumps(result, indent=2) if args.json else format_quality(result))
+        return 0
     raise UsageError(f"unknown benchmark '{args.what}'")
+
+
+def _parse_sets(items: list[str] | None) -> dict:
+    """``--set a.b=VALUE`` pairs; VALUE is read as YAML (numbers, true/false, lists)."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set expects NAME=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+ABLATIONS = {"no-sc": {"loss.sc": 0.0}, "no-ic": {"loss.ic": 0.0},
+             "no-neu": {"model.expansion": "duplicate"}}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .training.trainer import Trainer
+
+    overrides = _parse_sets(args.set)
+    for ab in args.ablation or []:
+        overrides.update(ABLATIONS[ab])
+    if args.steps is not None:
+        overrides["optim.steps"] = args.steps
+    if args.batch_size is not None:
+        overrides["optim.batch_size"] = args.batch_size
+    if args.device is not None:
+        overrides["run.device"] = args.device
+    if args.seed is not None:
+        overrides["run.seed"] = args.seed
+    cfg = load_config(args.config, name="train")
+    if args.data:
+        overrides["data.paths"] = list(cfg["data.paths"]) + list(args.data)
+    cfg = load_config(args.config, overrides, name="train")
+    trainer = Trainer(cfg, args.out, resume=args.resume, init=args.init,
+                      progress=not args.no_progress)
+    try:
+        if trainer.dist.main:
+            print(f"sspu train: {len(trainer.bank)} patches, {trainer.device}, "
+                  f"world size {trainer.dist.world}, step {trainer.step} -> {cfg['optim.steps']}"
+                  f", output {args.out}")
+        last = trainer.run()
+    finally:
+        trainer.close()
+    if trainer.dist.main:
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if not k.startswith("t_"))
+        print(f"sspu train: done at step {trainer.step}: {terms}; checkpoint "
+              f"{Path(args.out) / 'checkpoint.pt'}")
+    return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -237,11 +306,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    p.add_argument("what", choices=["codec"])
-    p.add_argument("--scan", help="KITTI .bin scan (default: ../shared/data, else synthetic)")
-    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("what", choices=["codec", "train", "quality"])
+    p.add_argument("--scan", help="codec: KITTI .bin scan (default: ../shared/data, else "
+                   "synthetic)")
+    p.add_argument("--repeats", type=int, default=50, help="codec: repetitions")
+    p.add_argument("--batch", type=int, default=28, help="train: patches per step")
+    p.add_argument("--steps", type=int, default=5, help="train: timed steps")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="train: override a training parameter (repeatable)")
+    p.add_argument("--data", help="quality: folder with input/ and gt/ (PU-GAN layout)")
+    p.add_argument("--model", action="append",
+                   help="quality: model(s) to score beside the baselines (repeatable)")
+    p.add_argument("--limit", type=int, help="quality: first N shapes only")
+    p.add_argument("--out", help="quality: write predictions here")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("train", help="self-supervised training of the generator")
+    p.add_argument("--data", action="append", metavar="PATH",
+                   help="training source: mesh, cloud file, KITTI .bin, bag or folder "
+                   "(repeatable; adds to data.paths)")
+    p.add_argument("--out", required=True, help="run folder (checkpoint, logs, TensorBoard)")
+    p.add_argument("--config", help="training YAML (see config/train.yaml)")
+    p.add_argument("--steps", type=int, help="override optim.steps")
+    p.add_argument("--batch-size", type=int, help="override optim.batch_size")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override run.device")
+    p.add_argument("--seed", type=int, help="override run.seed")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="override any training parameter, e.g. --set loss.ic=0 (repeatable)")
+    p.add_argument("--ablation", action="append", choices=sorted(ABLATIONS),
+                   help="paper Table 3 ablations: no-sc, no-ic, no-neu (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.pt exactly")
+    p.add_argument("--init", help="start from this checkpoint's weights (fine-tuning)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("doctor", help="check the installation (torch, ROS 2, backends, data)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a check fails")

@@ -58,10 +58,41 @@ def available_models() -> list[str]:
     return list(BUILTIN_MODELS) + shipped
 
 
-def load_upsampler(model: str, ratio: int) -> Upsampler:
-    """The upsampler named ``model`` (a built-in name, a shipped model name or a path)."""
+class GeneratorUpsampler:
+    """A trained SSPU-Net generator (PyTorch checkpoint) run with the patch protocol."""
+
+    def __init__(self, path: Path, ratio: int | None = None, patch_size: int = 256) -> None:
+        from .training.trainer import load_generator
+
+        try:
+            self.model, ckpt = load_generator(path)
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+            raise ModelError(f"cannot load model {path}: {e}") from None
+        self.name = str(path)
+        self.ratio = int(ckpt["generator"]["ratio"])
+        if ratio is not None and ratio != self.ratio:
+            raise ModelError(f"model {path} upsamples x{self.ratio}, but ratio {ratio} was "
+                             f"asked for; use --ratio {self.ratio} or a model trained for it")
+        self.patch_size = patch_size
+
+    def upsample(self, xyz: np.ndarray) -> np.ndarray:
+        from .inference import upsample_with_patches
+
+        return upsample_with_patches(xyz, self.model, self.ratio,
+                                     patch_size=self.patch_size, keep_input=True)
+
+
+def load_upsampler(model: str, ratio: int | None) -> Upsampler:
+    """The upsampler named ``model`` (a built-in name, a shipped model name or a path).
+
+    ``ratio`` None takes a trained model's own ratio (built-ins need a ratio)."""
     if model == "midpoint":
-        return MidpointUpsampler(ratio)
+        return MidpointUpsampler(ratio or 4)
+    path = Path(model)
+    if not path.exists() and (d := models_dir()) is not None:
+        path = d / f"{model}.pt"
+    if path.suffix == ".pt" and path.is_file():
+        return GeneratorUpsampler(path, ratio)
     raise ModelError(
         f"model '{model}' not found or not loadable; available: {', '.join(available_models())}"
     )
