@@ -10,7 +10,8 @@ import pytest
 from sspu_ros.cli import build_parser, main
 from sspu_ros.cloud_io import read_cloud, write_cloud
 
-SUBCOMMANDS = ["upsample", "sample", "demo", "convert", "info", "config", "bench", "doctor"]
+SUBCOMMANDS = ["upsample", "sample", "demo", "convert", "info", "config", "bench", "train",
+               "doctor"]
 
 
 def test_help_lists_subcommands():
