@@ -38,12 +38,13 @@ def run_train_benchmark(*, batch: int = 28, steps: int = 5, warmup: int = 1,
     return {"device": f"{dev.type} ({name}, {torch.get_num_threads()} threads)",
             "batch": batch, "steps": steps, "step_s": step, "patches_per_s": batch / step,
             **{k: v for k, v in med.items()},
-            "attention": cfg["model.attention"], "channels": cfg["model.channels"]}
+            "model": f"{cfg['model.preset']} preset, {trainer.gen_cfg.attention} attention, "
+                     f"{trainer.gen_cfg.channels} channels"}
 
 
 def format_train_benchmark(r: dict) -> str:
-    lines = [f"sspu bench train: default model ({r['attention']} attention, "
-             f"{r['channels']} channels), batch {r['batch']}, median of {r['steps']} steps",
+    lines = [f"sspu bench train: {r['model']}, batch {r['batch']}, "
+             f"median of {r['steps']} steps",
              f"device: {r['device']}",
              f"step: {r['step_s'] * 1e3:.0f} ms  ->  {r['patches_per_s']:.1f} patches/s"]
     for k in ("t_forward", "t_render", "t_loss", "t_backward"):

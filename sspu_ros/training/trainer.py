@@ -46,10 +46,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 def generator_config(cfg: Mapping[str, Any]) -> GeneratorConfig:
-    """The generator architecture from the training configuration's ``model.*``."""
-    return GeneratorConfig(ratio=cfg["model.ratio"], channels=cfg["model.channels"],
-                           attention=cfg["model.attention"], expansion=cfg["model.expansion"],
-                           knn_k=cfg["model.knn_k"])
+    """The generator architecture from the training configuration's ``model.*``: the
+    preset, with the parameters that are set (non-zero, not 'preset') on top."""
+    over = {"ratio": cfg["model.ratio"], "expansion": cfg["model.expansion"]}
+    if cfg["model.channels"]:
+        over["channels"] = cfg["model.channels"]
+    if cfg["model.knn_k"]:
+        over["knn_k"] = cfg["model.knn_k"]
+    if cfg["model.attention"] != "preset":
+        over["attention"] = cfg["model.attention"]
+    if cfg["model.preset"] == "light":
+        return GeneratorConfig.light(**over)
+    return GeneratorConfig(**over)
 
 
 def build_loss(cfg: Mapping[str, Any]) -> SSPULoss:
