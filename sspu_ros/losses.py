@@ -442,8 +442,12 @@ def shape_consistent_loss(
     return emd(downsampled, sparse, exact=exact).mean()
 
 
-def image_consistent_loss(img_s: torch.Tensor, img_d: torch.Tensor) -> torch.Tensor:
+def image_consistent_loss(img_s: torch.Tensor, img_d: torch.Tensor, *,
+                          per_pixel: bool = False) -> torch.Tensor:
     """Lic (Eq. 6): (1/V) Σ_j ‖I_s,j − I_d,j‖²_F, averaged over the batch.
+
+    With ``per_pixel`` the squared Frobenius norm is divided by the number of pixels
+    (H·W), so the loss and its weight λic do not depend on the image size.
 
     Args:
         img_s: (B, V, H, W) renderings of the sparse cloud (extra channel dims after V
@@ -457,7 +461,8 @@ def image_consistent_loss(img_s: torch.Tensor, img_d: torch.Tensor) -> torch.Ten
         raise ValueError(f"image shapes differ: {tuple(img_s.shape)} vs {tuple(img_d.shape)}")
     if img_s.dim() < 3:
         raise ValueError(f"images must be (B, V, H, W), got shape {tuple(img_s.shape)}")
-    squared_frobenius = (img_s - img_d).square().flatten(2).sum(-1)  # (B, V)
+    diff2 = (img_s - img_d).square().flatten(2)  # (B, V, H·W)
+    squared_frobenius = diff2.mean(-1) if per_pixel else diff2.sum(-1)  # (B, V)
     return squared_frobenius.mean()
 
 
@@ -468,6 +473,7 @@ def uniform_loss(
     radius_scale: float = 1.0,
     seed_fraction: float = 0.05,
     ball_cap_factor: float = 4.0,
+    seed_reduction: str = "sum",
 ) -> torch.Tensor:
     """PU-GAN uniform loss (Li et al., ICCV 2019, §3.3), as written in the paper.
 
@@ -506,6 +512,8 @@ def uniform_loss(
         percentages: the fractions p of the surface covered by one ball.
         radius_scale: R, radius of the disk assumed to be the patch surface.
         seed_fraction: M / P.
+        seed_reduction: "sum" over the M seeds (the paper's formula) or "mean" (as
+            PU-GAN's released code; independent of the number of points).
         ball_cap_factor: see above.
 
     Returns:
@@ -513,6 +521,8 @@ def uniform_loss(
     """
     _check_cloud("dense", dense)
     n_points = dense.shape[1]
+    if seed_reduction not in ("sum", "mean"):
+        raise ValueError(f"seed_reduction must be 'sum' or 'mean', got {seed_reduction!r}")
     n_seeds = max(1, round(seed_fraction * n_points))
     with torch.no_grad():
         seed_idx = farthest_point_sample(dense.detach(), n_seeds, start="first")  # (B, M)
@@ -547,7 +557,9 @@ def uniform_loss(
         clutter_terms = clutter_terms / expected_spacing[..., None]
         clutter = (clutter_terms * has_neighbour).sum(-1)  # (B, M)
         imbalance = (count - expected_count).square() / expected_count  # (B, M)
-        per_percentage.append((imbalance * clutter).sum(-1))  # (B,)
+        per_seed = imbalance * clutter  # (B, M)
+        per_percentage.append(per_seed.sum(-1) if seed_reduction == "sum"
+                              else per_seed.mean(-1))  # (B,)
     return torch.stack(per_percentage, 0).mean()
 
 
@@ -586,6 +598,8 @@ class SSPULoss(nn.Module):
         use_un: bool = True,
         exact_emd: bool = True,
         hausdorff_direction: str = "a_to_b",
+        image_per_pixel: bool = False,
+        uniform_seed_reduction: str = "sum",
         uniform_percentages: tuple[float, ...] = (0.004, 0.006, 0.008, 0.010, 0.012),
     ) -> None:
         super().__init__()
@@ -601,6 +615,8 @@ class SSPULoss(nn.Module):
         self.use_ic = use_ic
         self.use_hd = use_hd
         self.use_un = use_un
+        self.image_per_pixel = image_per_pixel
+        self.uniform_seed_reduction = uniform_seed_reduction
         self.exact_emd = exact_emd
         self.hausdorff_direction = hausdorff_direction
         self.uniform_percentages = tuple(uniform_percentages)
@@ -636,13 +652,15 @@ class SSPULoss(nn.Module):
                     "the image-consistent term is enabled but img_s / img_d were not given: "
                     "render both clouds (DRU) or construct SSPULoss(use_ic=False)"
                 )
-            terms["image_consistent"] = image_consistent_loss(img_s, img_d)
+            terms["image_consistent"] = image_consistent_loss(
+                img_s, img_d, per_pixel=self.image_per_pixel)
             weights["image_consistent"] = self.lambda_ic
         if self.use_hd:
             terms["hausdorff"] = hausdorff_loss(dense, sparse, direction=self.hausdorff_direction)
             weights["hausdorff"] = self.lambda_hd
         if self.use_un:
-            terms["uniform"] = uniform_loss(dense, percentages=self.uniform_percentages)
+            terms["uniform"] = uniform_loss(dense, percentages=self.uniform_percentages,
+                                            seed_reduction=self.uniform_seed_reduction)
             weights["uniform"] = self.lambda_un
         total = dense.new_zeros(())
         for name, value in terms.items():

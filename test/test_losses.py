@@ -395,3 +395,22 @@ def test_image_term_without_images_says_what_to_do():
     dense, sparse, _, _ = _training_like_batch(gen)
     with pytest.raises(ValueError, match="use_ic=False"):
         SSPULoss()(dense, sparse)
+
+
+def test_image_loss_per_pixel_is_the_frobenius_norm_over_the_pixel_count():
+    a = torch.zeros(2, 3, 4, 5)
+    b = torch.zeros(2, 3, 4, 5)
+    b[0, 1, 2, 3] = 1.0  # one differing pixel in one view of one item
+    total = image_consistent_loss(a, b)  # mean over B·V of the per-view sums
+    assert float(total) == pytest.approx(1.0 / 6.0)
+    assert float(image_consistent_loss(a, b, per_pixel=True)) == pytest.approx(1.0 / 6.0 / 20.0)
+
+
+def test_uniform_loss_seed_mean_is_the_seed_sum_over_the_seed_count():
+    torch.manual_seed(0)
+    dense = torch.rand(2, 400, 3) * 2 - 1
+    total = uniform_loss(dense, percentages=(0.01,))
+    mean = uniform_loss(dense, percentages=(0.01,), seed_reduction="mean")
+    assert float(mean) == pytest.approx(float(total) / 20.0, rel=1e-5)  # M = 5 % of 400
+    with pytest.raises(ValueError, match="seed_reduction"):
+        uniform_loss(dense, seed_reduction="max")

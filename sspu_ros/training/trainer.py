@@ -65,7 +65,9 @@ def build_loss(cfg: Mapping[str, Any]) -> SSPULoss:
                     lambda_hd=cfg["loss.hd"], lambda_un=cfg["loss.un"],
                     use_sc=cfg["loss.sc"] > 0, use_ic=cfg["loss.ic"] > 0,
                     use_hd=cfg["loss.hd"] > 0, use_un=cfg["loss.un"] > 0,
-                    exact_emd=cfg["loss.exact_emd"])
+                    exact_emd=cfg["loss.exact_emd"],
+                    image_per_pixel=cfg["loss.image_per_pixel"],
+                    uniform_seed_reduction="mean" if cfg["loss.uniform_seed_mean"] else "sum")
 
 
 def patch_options(cfg: Mapping[str, Any]) -> PatchOptions:
