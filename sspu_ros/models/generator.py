@@ -67,6 +67,7 @@ class GeneratorConfig:
     neu_include_self: bool = True
     weight_hidden: int = 64
     head_hidden: int = 64
+    head_init_scale: float = 0.01
 
     def __post_init__(self) -> None:
         if int(self.ratio) != self.ratio or self.ratio < 2:
@@ -146,7 +147,7 @@ class Generator(nn.Module):
             nn.Linear(cfg.channels, cfg.head_hidden), nn.ReLU(), nn.Linear(cfg.head_hidden, 3)
         )
         with torch.no_grad():
-            self.offset_head[-1].weight.mul_(0.01)
+            self.offset_head[-1].weight.mul_(cfg.head_init_scale)
             self.offset_head[-1].bias.zero_()
 
     def neighborhoods(self, xyz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
