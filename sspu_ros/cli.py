@@ -182,6 +182,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                      overrides=_parse_sets(args.set))
         print(json.dumps(result, indent=2) if args.json else format_train_benchmark(result))
         return 0
+    if args.what == "model":
+        from .models.generator import GeneratorConfig, describe_generator
+
+        for name, cfg in (("paper", GeneratorConfig()), ("light", GeneratorConfig.light())):
+            print(f"preset {name}: " + describe_generator(cfg, batches=(24, args.batch)))
+        return 0
     if args.what == "quality":
         from .evaluation import format_quality, run_quality
 
@@ -306,11 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    p.add_argument("what", choices=["codec", "train", "quality"])
+    p.add_argument("what", choices=["codec", "train", "quality", "model"])
     p.add_argument("--scan", help="codec: KITTI .bin scan (default: ../shared/data, else "
                    "synthetic)")
     p.add_argument("--repeats", type=int, default=50, help="codec: repetitions")
-    p.add_argument("--batch", type=int, default=28, help="train: patches per step")
+    p.add_argument("--batch", type=int, default=28,
+                   help="train: patches per step; model: batch timed besides 24")
     p.add_argument("--steps", type=int, default=5, help="train: timed steps")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--set", action="append", metavar="NAME=VALUE",
