@@ -122,3 +122,10 @@ def test_training_config_checks():
         load_config(overrides={"model.attention": "full"}, name="train")
     with pytest.raises(ConfigError, match="unknown configuration"):
         load_config(name="nope")
+
+
+def test_every_shipped_training_config_is_valid():
+    files = sorted(find_config_dir().glob("train*.yaml"))
+    assert len(files) >= 2
+    for f in files:
+        load_config(f, name="train")

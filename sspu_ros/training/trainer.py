@@ -290,6 +290,8 @@ class Trainer:
                         log_file.flush()
                 if self.step % c["run.checkpoint_every"] == 0 or self.step == total_steps:
                     self.save()
+            if self.step == 0 or not (self.out / CHECKPOINT).exists():
+                self.save()  # 0 steps asked: the initial weights, for scoring the untrained model
         finally:
             bar.close()
             if writer is not None:
