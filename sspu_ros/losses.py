@@ -414,7 +414,7 @@ def emd(a: torch.Tensor, b: torch.Tensor, *, exact: bool = False) -> torch.Tenso
 
 
 def shape_consistent_loss(
-    dense: torch.Tensor, sparse: torch.Tensor, *, exact: bool = False
+    dense: torch.Tensor, sparse: torch.Tensor, *, exact: bool = False, point_sum: bool = False
 ) -> torch.Tensor:
     """Lsc (Eq. 5): EMD between Ŝ = FPS(D, N) and the input S.
 
@@ -425,6 +425,8 @@ def shape_consistent_loss(
         dense: (B, rN, 3) generated cloud D.
         sparse: (B, N, 3) input cloud S, N <= rN.
         exact: Hungarian assignment on the CPU (True) or the torch auction (False).
+        point_sum: sum the matched squared distances over the N points, as the paper's
+            Eq. (5) writes it, instead of averaging them (N times smaller).
 
     Returns:
         () mean over the batch of mean_i ‖ŝ_i − s_ψ(i)‖².
@@ -439,7 +441,8 @@ def shape_consistent_loss(
     with torch.no_grad():
         idx = farthest_point_sample(dense.detach(), n_sparse, start="first")  # (B, N)
     downsampled = gather_points(dense, idx)  # (B, N, 3)
-    return emd(downsampled, sparse, exact=exact).mean()
+    per_item = emd(downsampled, sparse, exact=exact)  # (B,) mean over points
+    return (per_item * sparse.shape[1]).mean() if point_sum else per_item.mean()
 
 
 def image_consistent_loss(img_s: torch.Tensor, img_d: torch.Tensor, *,
@@ -599,6 +602,7 @@ class SSPULoss(nn.Module):
         exact_emd: bool = True,
         hausdorff_direction: str = "a_to_b",
         image_per_pixel: bool = False,
+        sc_point_sum: bool = False,
         uniform_seed_reduction: str = "sum",
         uniform_percentages: tuple[float, ...] = (0.004, 0.006, 0.008, 0.010, 0.012),
     ) -> None:
@@ -616,6 +620,7 @@ class SSPULoss(nn.Module):
         self.use_hd = use_hd
         self.use_un = use_un
         self.image_per_pixel = image_per_pixel
+        self.sc_point_sum = sc_point_sum
         self.uniform_seed_reduction = uniform_seed_reduction
         self.exact_emd = exact_emd
         self.hausdorff_direction = hausdorff_direction
@@ -644,7 +649,8 @@ class SSPULoss(nn.Module):
         terms: dict[str, torch.Tensor] = {}
         weights: dict[str, float] = {}
         if self.use_sc:
-            terms["shape_consistent"] = shape_consistent_loss(dense, sparse, exact=self.exact_emd)
+            terms["shape_consistent"] = shape_consistent_loss(
+                dense, sparse, exact=self.exact_emd, point_sum=self.sc_point_sum)
             weights["shape_consistent"] = self.lambda_sc
         if self.use_ic:
             if img_s is None or img_d is None:

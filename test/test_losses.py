@@ -414,3 +414,13 @@ def test_uniform_loss_seed_mean_is_the_seed_sum_over_the_seed_count():
     assert float(mean) == pytest.approx(float(total) / 20.0, rel=1e-5)  # M = 5 % of 400
     with pytest.raises(ValueError, match="seed_reduction"):
         uniform_loss(dense, seed_reduction="max")
+
+
+def test_shape_consistent_point_sum_is_n_times_the_mean():
+    torch.manual_seed(0)
+    sparse = torch.rand(2, 16, 3)
+    dense = sparse.repeat(1, 4, 1) + 0.05 * torch.randn(2, 64, 3)
+    mean = shape_consistent_loss(dense, sparse, exact=True)
+    total = shape_consistent_loss(dense, sparse, exact=True, point_sum=True)
+    assert float(mean) > 0
+    assert float(total) == pytest.approx(16 * float(mean), rel=1e-6)

@@ -68,6 +68,7 @@ def build_loss(cfg: Mapping[str, Any]) -> SSPULoss:
                     use_hd=cfg["loss.hd"] > 0, use_un=cfg["loss.un"] > 0,
                     exact_emd=cfg["loss.exact_emd"],
                     image_per_pixel=cfg["loss.image_per_pixel"],
+                    sc_point_sum=cfg["loss.sc_point_sum"],
                     uniform_seed_reduction="mean" if cfg["loss.uniform_seed_mean"] else "sum")
 
 
