@@ -140,3 +140,45 @@ def test_ddp_two_cpu_processes_hold_identical_weights(shapes, tmp_path):
     from sspu_ros.training.trainer import weights_fingerprint
 
     assert weights_fingerprint(single.model) != ranks[0]["sha256"]  # the steps did train
+
+
+@pytest.mark.parametrize("storage", ["SQLITE3", "MCAP"])
+def test_patch_bank_from_a_rosbag2_pointcloud_topic(tmp_path, storage):
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from sspu_ros.pointcloud2 import encode_structured
+
+    ts = get_typestore(Stores.ROS2_HUMBLE)
+    pc2, pf = ts.types["sensor_msgs/msg/PointCloud2"], ts.types["sensor_msgs/msg/PointField"]
+    header, stamp = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
+    rng = np.random.default_rng(0)
+    bag = tmp_path / "bag"
+    with Writer(bag, version=9, storage_plugin=getattr(StoragePlugin, storage)) as w:
+        conn = w.add_connection("/points", "sensor_msgs/msg/PointCloud2", typestore=ts)
+        other = w.add_connection("/other", "std_msgs/msg/Header", typestore=ts)
+        for i in range(3):
+            # ground plane + a 'car' block standing on it
+            ground = np.c_[rng.uniform(-15, 15, (3000, 2)), rng.normal(-1.7, 0.01, 3000)]
+            car = np.c_[rng.uniform(5, 9, (800, 1)), rng.uniform(-1, 1, (800, 1)),
+                        rng.uniform(-1.4, -0.2, (800, 1))]
+            pts = np.zeros(3800, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
+                                        ("intensity", "<f4")])
+            xyz = np.vstack([ground, car])
+            pts["x"], pts["y"], pts["z"] = xyz.T
+            enc = encode_structured(pts)
+            msg = pc2(header=header(stamp=stamp(sec=i, nanosec=0), frame_id="velo"),
+                      height=1, width=enc.width,
+                      fields=[pf(name=f.name, offset=f.offset, datatype=f.datatype,
+                                 count=f.count) for f in enc.fields],
+                      is_bigendian=False, point_step=enc.point_step, row_step=enc.row_step,
+                      data=enc.data, is_dense=True)
+            w.write(conn, i * 100_000_000, ts.serialize_cdr(msg, conn.msgtype))
+            w.write(other, i, ts.serialize_cdr(header(stamp=stamp(sec=i, nanosec=0),
+                                                      frame_id="x"), other.msgtype))
+    opts = PatchOptions(patch_size=64, patches_per_scan=4, bag_every=1, max_patch_radius=3.0)
+    bank = build_patch_bank([bag], opts)
+    assert bank.shape == (12, 64, 3)
+    opts.bag_topic = "/nope"
+    with pytest.raises(Exception, match="no PointCloud2 topic named /nope"):
+        build_patch_bank([bag], opts)
