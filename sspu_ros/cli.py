@@ -248,7 +248,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer.close()
     if trainer.dist.main:
         terms = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if not k.startswith("t_"))
-        print(f"sspu train: done at step {trainer.step}: {terms}; checkpoint "
+        what = f": {terms}" if terms else " (no step run: initial weights)"
+        print(f"sspu train: done at step {trainer.step}{what}; checkpoint "
               f"{Path(args.out) / 'checkpoint.pt'}")
     return 0
 
