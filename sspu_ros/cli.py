@@ -254,6 +254,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_checkpoint
+
+    if not Path(args.model).is_file():
+        raise UsageError(f"{args.model}: no such checkpoint")
+    r = export_checkpoint(args.model, args.onnx, opset=args.opset)
+    print(f"exported {args.model} -> {r['onnx']} (x{r['ratio']}, {r['patch_size']}-point "
+          f"patches, dynamic batch); onnxruntime vs PyTorch max |diff| "
+          f"{r['max_abs_diff']:.2e}")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import run_checks
 
@@ -349,6 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="start from this checkpoint's weights (fine-tuning)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="export a trained checkpoint to ONNX (checked)")
+    p.add_argument("--model", required=True, help="checkpoint .pt from sspu train")
+    p.add_argument("--onnx", required=True, help="output .onnx path")
+    p.add_argument("--opset", type=int, default=17)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("doctor", help="check the installation (torch, ROS 2, backends, data)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a check fails")

@@ -82,6 +82,46 @@ class GeneratorUpsampler:
                                      patch_size=self.patch_size, keep_input=True)
 
 
+class OnnxUpsampler:
+    """An exported generator (``sspu export``) run by ONNX Runtime with the patch protocol."""
+
+    def __init__(self, path: Path, ratio: int | None = None,
+                 providers: list[str] | None = None) -> None:
+        try:
+            import onnxruntime as ort
+
+            self.session = ort.InferenceSession(
+                str(path), providers=providers or ["CPUExecutionProvider"])
+            meta = self.session.get_modelmeta().custom_metadata_map
+            self.ratio = int(meta["sspu.ratio"])
+            self.patch_size = int(meta["sspu.patch_size"])
+        except KeyError as e:
+            raise ModelError(f"{path}: not an sspu export (metadata {e} missing); export "
+                             "with: sspu export --model CKPT --onnx OUT") from None
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
+            raise ModelError(f"cannot load ONNX model {path}: {e}") from None
+        if ratio is not None and ratio != self.ratio:
+            raise ModelError(f"model {path} upsamples x{self.ratio}, but ratio {ratio} was "
+                             f"asked for; use --ratio {self.ratio} or a model trained for it")
+        self.name = str(path)
+
+    def _patches(self, patches):
+        import torch
+
+        out = self.session.run(None, {"xyz": patches.numpy().astype(np.float32)})[0]
+        return torch.from_numpy(out)
+
+    def upsample(self, xyz: np.ndarray) -> np.ndarray:
+        from .inference import upsample_with_patches
+
+        if xyz.shape[0] < self.patch_size:
+            raise ModelError(f"{self.name} was exported for {self.patch_size}-point patches; "
+                             f"the cloud has {xyz.shape[0]} points (use the .pt checkpoint "
+                             "for clouds smaller than a patch)")
+        return upsample_with_patches(xyz, self._patches, self.ratio,
+                                     patch_size=self.patch_size, keep_input=True)
+
+
 def load_upsampler(model: str, ratio: int | None) -> Upsampler:
     """The upsampler named ``model`` (a built-in name, a shipped model name or a path).
 
@@ -90,9 +130,12 @@ def load_upsampler(model: str, ratio: int | None) -> Upsampler:
         return MidpointUpsampler(ratio or 4)
     path = Path(model)
     if not path.exists() and (d := models_dir()) is not None:
-        path = d / f"{model}.pt"
+        path = next((d / f"{model}{ext}" for ext in (".pt", ".onnx")
+                     if (d / f"{model}{ext}").is_file()), path)
     if path.suffix == ".pt" and path.is_file():
         return GeneratorUpsampler(path, ratio)
+    if path.suffix == ".onnx" and path.is_file():
+        return OnnxUpsampler(path, ratio)
     raise ModelError(
         f"model '{model}' not found or not loadable; available: {', '.join(available_models())}"
     )

@@ -11,7 +11,7 @@ from sspu_ros.cli import build_parser, main
 from sspu_ros.cloud_io import read_cloud, write_cloud
 
 SUBCOMMANDS = ["upsample", "sample", "demo", "convert", "info", "config", "bench", "train",
-               "doctor"]
+               "export", "doctor"]
 
 
 def test_help_lists_subcommands():

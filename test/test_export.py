@@ -1,0 +1,65 @@
+"""ONNX export of a trained checkpoint, parity with PyTorch, and the ONNX Runtime upsampler
+behind the same interface as the PyTorch one."""
+
+import numpy as np
+import onnx
+import pytest
+
+from sspu_ros.cli import main
+from sspu_ros.export import export_checkpoint
+from sspu_ros.sample_data import torus_knot_surface
+from sspu_ros.upsampler import GeneratorUpsampler, ModelError, OnnxUpsampler, load_upsampler
+
+TINY = ["--set=model.preset=light", "--set=model.channels=16", "--set=data.patch_size=64",
+        "--set=data.patches_per_shape=4", "--set=optim.batch_size=2", "--set=render.views=2",
+        "--set=render.image_size=16"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from sspu_ros.cloud_io import write_cloud
+
+    d = tmp_path_factory.mktemp("export")
+    write_cloud(d / "shape.xyz", torus_knot_surface(256))
+    assert main(["train", "--data", str(d / "shape.xyz"), "--out", str(d / "run"),
+                 "--steps", "1", "--no-progress", *TINY]) == 0
+    return d / "run" / "checkpoint.pt"
+
+
+def test_export_writes_checked_onnx_with_metadata_and_parity(checkpoint, tmp_path):
+    r = export_checkpoint(checkpoint, tmp_path / "m.onnx")
+    assert r["max_abs_diff"] <= 1e-4 and r["ratio"] == 4 and r["patch_size"] == 64
+    graph = onnx.load(str(tmp_path / "m.onnx"))
+    onnx.checker.check_model(graph)
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert meta["sspu.ratio"] == "4" and meta["sspu.patch_size"] == "64"
+    dim0 = graph.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param  # dynamic number of patches
+
+
+def test_onnx_upsampler_matches_the_torch_one_on_a_cloud(checkpoint, tmp_path):
+    assert main(["export", "--model", str(checkpoint), "--onnx", str(tmp_path / "m.onnx")]) == 0
+    ort_up = load_upsampler(str(tmp_path / "m.onnx"), None)
+    torch_up = load_upsampler(str(checkpoint), None)
+    assert isinstance(ort_up, OnnxUpsampler) and isinstance(torch_up, GeneratorUpsampler)
+    torch_up.patch_size = ort_up.patch_size
+    x = torus_knot_surface(500, seed=3)
+    a, b = ort_up.upsample(x), torch_up.upsample(x)
+    assert a.shape == b.shape == (2000, 3)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    with pytest.raises(ModelError, match="64-point patches"):
+        ort_up.upsample(x[:10])
+    with pytest.raises(ModelError, match="upsamples x4, but ratio 2"):
+        load_upsampler(str(tmp_path / "m.onnx"), 2)
+
+
+def test_foreign_onnx_is_refused_with_the_fix(tmp_path):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Identity", ["xyz"], ["dense"])
+    g = helper.make_graph([node], "g",
+                          [helper.make_tensor_value_info("xyz", TensorProto.FLOAT, [1, 3])],
+                          [helper.make_tensor_value_info("dense", TensorProto.FLOAT, [1, 3])])
+    onnx.save(helper.make_model(g), str(tmp_path / "foreign.onnx"))
+    with pytest.raises(ModelError, match="not an sspu export"):
+        load_upsampler(str(tmp_path / "foreign.onnx"), None)
