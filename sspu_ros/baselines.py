@@ -4,6 +4,7 @@ as the built-in ``midpoint`` model until trained models ship."""
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 
 def midpoint_upsample(xyz: np.ndarray, ratio: int = 4) -> np.ndarray:
@@ -25,8 +26,6 @@ def midpoint_upsample(xyz: np.ndarray, ratio: int = 4) -> np.ndarray:
     n = xyz.shape[0]
     if n < ratio:
         raise ValueError(f"need at least ratio={ratio} points for {ratio - 1} neighbours, got {n}")
-    from scipy.spatial import cKDTree
-
     pts = xyz.astype(np.float64, copy=False)
     _, idx = cKDTree(pts).query(pts, k=ratio)  # (N, r): self first (or a duplicate point)
     neighbours = _drop_self(idx, ratio)  # (N, r-1)
