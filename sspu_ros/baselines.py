@@ -7,7 +7,8 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 
-def midpoint_upsample(xyz: np.ndarray, ratio: int = 4) -> np.ndarray:
+def midpoint_upsample(xyz: np.ndarray, ratio: int = 4, *,
+                      return_sources: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Each point plus the midpoints to its ``ratio - 1`` nearest neighbours.
 
     Args:
@@ -16,7 +17,8 @@ def midpoint_upsample(xyz: np.ndarray, ratio: int = 4) -> np.ndarray:
 
     Returns:
         (r*N, 3) float32: the N input points first (in order), then for each point its
-        r-1 midpoints (point-major: rows N + i*(r-1) + j belong to point i).
+        r-1 midpoints (point-major: rows N + i*(r-1) + j belong to point i); with
+        ``return_sources`` also ((r-1)*N, 2) int64: the two input points of each midpoint.
     """
     xyz = np.asarray(xyz)
     if xyz.ndim != 2 or xyz.shape[1] != 3:
@@ -30,7 +32,11 @@ def midpoint_upsample(xyz: np.ndarray, ratio: int = 4) -> np.ndarray:
     _, idx = cKDTree(pts).query(pts, k=ratio)  # (N, r): self first (or a duplicate point)
     neighbours = _drop_self(idx, ratio)  # (N, r-1)
     mid = 0.5 * (pts[:, None, :] + pts[neighbours])  # (N, r-1, 3)
-    return np.concatenate([pts, mid.reshape(-1, 3)]).astype(np.float32)
+    dense = np.concatenate([pts, mid.reshape(-1, 3)]).astype(np.float32)
+    if not return_sources:
+        return dense
+    own = np.repeat(np.arange(n), ratio - 1)
+    return dense, np.stack([own, neighbours.ravel()], axis=1).astype(np.int64)
 
 
 def _drop_self(idx: np.ndarray, ratio: int) -> np.ndarray:

@@ -18,6 +18,7 @@ from .upsampler import Upsampler
 @dataclass
 class DensifyResult:
     generated: np.ndarray      # (M, 3) float32 new points
+    sources: np.ndarray        # (M, k) int64: input points each generated point came from
     n_selected: int            # input points that were densified
     n_cropped_out: int         # finite input points outside the crop region
     n_capped: int              # points in the region left out by max_points
@@ -41,7 +42,8 @@ def densify_points(xyz: np.ndarray, upsampler: Upsampler,
         params: validated parameters (``crop.*``, ``max_points``).
 
     Returns:
-        the generated points (the input points themselves are not repeated).
+        the generated points (the input points themselves are not repeated) and, for each,
+        the indices (into ``xyz``) of the input points it came from.
     """
     inside = np.flatnonzero(crop_mask(xyz, params))
     n_capped = 0
@@ -52,6 +54,8 @@ def densify_points(xyz: np.ndarray, upsampler: Upsampler,
         n_capped = int(r2.size - cap)
     n_out = int(xyz.shape[0] - inside.size - n_capped)
     if inside.size < upsampler.ratio:
-        return DensifyResult(np.empty((0, 3), np.float32), 0, n_out, n_capped)
-    dense = upsampler.upsample(xyz[inside])
-    return DensifyResult(dense[inside.size:], int(inside.size), n_out, n_capped)
+        return DensifyResult(np.empty((0, 3), np.float32), np.empty((0, 1), np.int64), 0,
+                             n_out, n_capped)
+    dense, sources = upsampler.upsample_with_sources(xyz[inside])
+    return DensifyResult(dense[inside.size:], inside[sources], int(inside.size), n_out,
+                         n_capped)

@@ -122,8 +122,8 @@ def create_node(**node_kwargs: Any):
             try:
                 cloud = decode(msg)
                 result = densify_points(cloud.xyz, self.upsampler, self.params)
-                out = to_pointcloud2(encode_densified(cloud, result.generated), msg.header,
-                                     PointCloud2, PointField)
+                encoded = encode_densified(cloud, result.generated, neighbors=result.sources)
+                out = to_pointcloud2(encoded, msg.header, PointCloud2, PointField)
             except PointCloudFormatError as e:
                 self.n_rejected += 1
                 self.get_logger().warning(f"rejected a malformed PointCloud2 ({e})",

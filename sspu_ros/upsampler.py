@@ -31,6 +31,17 @@ class Upsampler(Protocol):
         """(N, 3) float32 -> (ratio*N, 3) float32; the first N rows are the input points."""
         ...
 
+    def upsample_with_sources(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`upsample`, plus ((ratio-1)*N, k) int64: for every generated point the
+        input points it was made from (used to give it their fields, e.g. intensity)."""
+        ...
+
+
+def _copy_sources(n: int, ratio: int) -> np.ndarray:
+    """Sources of a generator's output with the owner merge: the r-1 generated copies of
+    point i (consecutive rows) come from point i. ((r-1)*N, 1) int64."""
+    return np.repeat(np.arange(n, dtype=np.int64), ratio - 1)[:, None]
+
 
 class MidpointUpsampler:
     """Each point plus the midpoints to its ratio-1 nearest neighbours."""
@@ -41,6 +52,9 @@ class MidpointUpsampler:
 
     def upsample(self, xyz: np.ndarray) -> np.ndarray:
         return midpoint_upsample(xyz, self.ratio)
+
+    def upsample_with_sources(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return midpoint_upsample(xyz, self.ratio, return_sources=True)
 
 
 def models_dir() -> Path | None:
@@ -81,6 +95,9 @@ class GeneratorUpsampler:
         return upsample_with_patches(xyz, self.model, self.ratio,
                                      patch_size=self.patch_size, keep_input=True)
 
+    def upsample_with_sources(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.upsample(xyz), _copy_sources(len(xyz), self.ratio)
+
 
 class OnnxUpsampler:
     """An exported generator (``sspu export``) run by ONNX Runtime with the patch protocol."""
@@ -120,6 +137,9 @@ class OnnxUpsampler:
                              "for clouds smaller than a patch)")
         return upsample_with_patches(xyz, self._patches, self.ratio,
                                      patch_size=self.patch_size, keep_input=True)
+
+    def upsample_with_sources(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.upsample(xyz), _copy_sources(len(xyz), self.ratio)
 
 
 def load_upsampler(model: str, ratio: int | None) -> Upsampler:

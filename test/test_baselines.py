@@ -47,3 +47,13 @@ def test_sample_is_deterministic_and_normalised():
     assert np.linalg.norm(a, axis=1).max() == pytest.approx(1.0, abs=1e-6)
     assert np.abs(a.mean(axis=0)).max() < 1e-5
     assert not np.array_equal(a, torus_knot_surface(2048, seed=1))
+
+
+def test_midpoint_sources_name_the_two_points_of_each_midpoint():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    dense, src = midpoint_upsample(x, 3, return_sources=True)
+    assert src.shape == (80, 2) and src.dtype == np.int64
+    np.testing.assert_array_equal(src[:, 0], np.repeat(np.arange(40), 2))
+    np.testing.assert_allclose(dense[40:], 0.5 * (x[src[:, 0]] + x[src[:, 1]]), atol=1e-6)
+    assert (src[:, 0] != src[:, 1]).all()

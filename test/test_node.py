@@ -27,7 +27,7 @@ def _scan(n=400, seed=0) -> np.ndarray:
     ang = rng.uniform(0, 2 * np.pi, n)
     pts["x"], pts["y"] = 10 * np.cos(ang), 10 * np.sin(ang)
     pts["z"] = rng.uniform(-1, 1, n)
-    pts["intensity"] = rng.uniform(0, 1, n)
+    pts["intensity"] = pts["x"]
     return pts
 
 
@@ -85,6 +85,9 @@ def test_node_densifies_keeps_header_and_flags_generated_points(graph):
     assert d.xyz.shape[0] == 4 * len(pts)  # every point inside the default crop, ratio 4
     assert (flag[: len(pts)] == 0).all() and (flag[len(pts):] == 1).all()
     np.testing.assert_array_equal(d.xyz[: len(pts), 0], pts["x"])
+    # intensity = x on the input: a midpoint's intensity, interpolated from its two source
+    # points (equal distances, equal weights), is exactly its x again
+    np.testing.assert_allclose(d.intensity[len(pts):], d.xyz[len(pts):, 0], atol=1e-4)
 
 
 def test_malformed_cloud_is_rejected_and_node_keeps_publishing(graph):
