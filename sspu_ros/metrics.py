@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .surface_sampling import sample_triangles, triangle_areas
+
 
 def normalize_unit_sphere_np(xyz: np.ndarray) -> np.ndarray:
     """(N, 3) -> (N, 3) float64 centred on its centroid, max radius 1."""
@@ -84,18 +86,12 @@ class MeshDistance:
         n_faces = len(tri)
         if n_faces == 0:
             raise ValueError("mesh has no triangles")
-        cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-        area = 0.5 * np.linalg.norm(cross, axis=1)
-        rng = np.random.default_rng(seed)
-        total = float(area.sum())
+        total = float(triangle_areas(tri).sum())
         n_extra = int(min(2_000_000, total * samples_per_area)) if total > 0 else 0
-        owner = rng.choice(n_faces, size=n_extra, p=area / total) if n_extra else \
-            np.empty(0, np.int64)
-        u, v = rng.random(n_extra), rng.random(n_extra)
-        flip = u + v > 1
-        u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
-        t = tri[owner]
-        extra = t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])
+        if n_extra:
+            extra, owner = sample_triangles(tri, n_extra, np.random.default_rng(seed))
+        else:
+            extra, owner = np.empty((0, 3)), np.empty(0, np.int64)
         samples = np.concatenate([tri.mean(axis=1), tri.reshape(-1, 3), extra])
         self._face = np.concatenate([np.arange(n_faces), np.repeat(np.arange(n_faces), 3),
                                      owner])

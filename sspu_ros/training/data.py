@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cloud_io import CloudFileError, read_cloud, read_mesh
+from ..surface_sampling import sample_triangles
 
 MESH_EXTENSIONS = (".off",)
 CLOUD_EXTENSIONS = (".xyz", ".txt", ".pts", ".ply", ".pcd", ".npy")
@@ -60,16 +61,11 @@ def sample_mesh(vertices: np.ndarray, faces: np.ndarray, n: int, rng: np.random.
         (n, 3) float32.
     """
     tri = vertices[faces].astype(np.float64)  # (F, 3, 3)
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    if not np.isfinite(area).all() or area.sum() <= 0:
-        raise CloudFileError("mesh has no area")
     m = 4 * n if nonuniform else n
-    f = rng.choice(len(tri), size=m, p=area / area.sum())
-    u, v = rng.random(m), rng.random(m)
-    flip = u + v > 1
-    u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
-    t = tri[f]
-    pts = t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])
+    try:
+        pts, _ = sample_triangles(tri, m, rng)
+    except ValueError:
+        raise CloudFileError("mesh has no area") from None
     if nonuniform:
         centre = pts[rng.integers(m)]
         scale = np.linalg.norm(pts - pts.mean(0), axis=1).max()
