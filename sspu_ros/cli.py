@@ -172,7 +172,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "codec":
         from .bench_codec import format_codec_benchmark, run_codec_benchmark
 
-        result = run_codec_benchmark(args.scan, repeats=args.repeats)
+        result = run_codec_benchmark(args.scan, repeats=args.repeats or 50)
         print(json.dumps(result, indent=2) if args.json else format_codec_benchmark(result))
         return 0
     if args.what == "train":
@@ -181,6 +181,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = run_train_benchmark(batch=args.batch, steps=args.steps, device=args.device,
                                      overrides=_parse_sets(args.set))
         print(json.dumps(result, indent=2) if args.json else format_train_benchmark(result))
+        return 0
+    if args.what == "generator":
+        from .bench_generator import format_generator_benchmark, run_generator_benchmark
+
+        result = run_generator_benchmark(repeats=args.repeats or 5)
+        print(json.dumps(result, indent=2) if args.json else format_generator_benchmark(result))
         return 0
     if args.what == "model":
         from .models.generator import GeneratorConfig, describe_generator
@@ -325,10 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    p.add_argument("what", choices=["codec", "train", "quality", "model"])
+    p.add_argument("what", choices=["codec", "train", "quality", "model", "generator"])
     p.add_argument("--scan", help="codec: KITTI .bin scan (default: ../shared/data, else "
                    "synthetic)")
-    p.add_argument("--repeats", type=int, default=50, help="codec: repetitions")
+    p.add_argument("--repeats", type=int, help="codec / generator: repetitions "
+                   "(default 50 / 5)")
     p.add_argument("--batch", type=int, default=28,
                    help="train: patches per step; model: batch timed besides 24")
     p.add_argument("--steps", type=int, default=5, help="train: timed steps")

@@ -63,3 +63,13 @@ def test_foreign_onnx_is_refused_with_the_fix(tmp_path):
     onnx.save(helper.make_model(g), str(tmp_path / "foreign.onnx"))
     with pytest.raises(ModelError, match="not an sspu export"):
         load_upsampler(str(tmp_path / "foreign.onnx"), None)
+
+
+def test_generator_benchmark_reports_both_runtimes():
+    from sspu_ros.bench_generator import format_generator_benchmark, run_generator_benchmark
+
+    r = run_generator_benchmark(batches=(2,), repeats=1, presets=("light",))
+    (row,) = r["rows"]
+    assert row["batch"] == 2 and row["torch_s"] > 0 and row["ort_s"] > 0
+    assert row["ort_speedup"] == pytest.approx(row["torch_s"] / row["ort_s"])
+    assert "light" in format_generator_benchmark(r)
