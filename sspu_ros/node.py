@@ -31,6 +31,11 @@ from .ros_msgs import to_pointcloud2
 from .upsampler import ModelError, load_upsampler
 
 NODE_NAME = "upsample_node"
+# ~/debug/<name> (std_msgs/Float64), per processed scan: decode / densify / encode+publish
+# times and the pipeline latency (node clock now minus the input header stamp).
+DEBUG_TOPICS = ("processing_time/preprocess_ms", "processing_time/inference_ms",
+                "processing_time/postprocess_ms", "processing_time/total_ms",
+                "pipeline_latency_ms")
 WARN_THROTTLE_S = 5.0
 
 
@@ -74,6 +79,7 @@ def create_node(**node_kwargs: Any):
     from rcl_interfaces.msg import SetParametersResult
     from rclpy.node import Node
     from sensor_msgs.msg import PointCloud2, PointField
+    from std_msgs.msg import Float64
 
     class UpsampleNode(Node):
         def __init__(self) -> None:
@@ -98,6 +104,8 @@ def create_node(**node_kwargs: Any):
             self.sub = self.create_subscription(
                 PointCloud2, "~/input/pointcloud", self._on_cloud,
                 _qos(p["qos.input.reliability"], p["qos.input.depth"]))
+            self.debug = {name: self.create_publisher(Float64, f"~/debug/{name}", 1)
+                          for name in DEBUG_TOPICS}
             self.n_received = self.n_published = self.n_rejected = self.n_failed = 0
             self.get_logger().info(
                 f"densifying {self.sub.topic_name} -> {self.pub.topic_name} with model "
@@ -121,7 +129,9 @@ def create_node(**node_kwargs: Any):
             t0 = time.perf_counter()
             try:
                 cloud = decode(msg)
+                t1 = time.perf_counter()
                 result = densify_points(cloud.xyz, self.upsampler, self.params)
+                t2 = time.perf_counter()
                 encoded = encode_densified(cloud, result.generated, neighbors=result.sources)
                 out = to_pointcloud2(encoded, msg.header, PointCloud2, PointField)
             except PointCloudFormatError as e:
@@ -136,10 +146,24 @@ def create_node(**node_kwargs: Any):
                     throttle_duration_sec=WARN_THROTTLE_S)
                 return
             self.pub.publish(out)
+            t3 = time.perf_counter()
             self.n_published += 1
+            stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+            now = self.get_clock().now().nanoseconds * 1e-9
+            self._publish_debug({
+                "processing_time/preprocess_ms": (t1 - t0) * 1e3,
+                "processing_time/inference_ms": (t2 - t1) * 1e3,
+                "processing_time/postprocess_ms": (t3 - t2) * 1e3,
+                "processing_time/total_ms": (t3 - t0) * 1e3,
+                "pipeline_latency_ms": (now - stamp) * 1e3,
+            })
             self.get_logger().debug(
                 f"{cloud.xyz.shape[0]} points (+{result.generated.shape[0]} generated) in "
-                f"{(time.perf_counter() - t0) * 1e3:.1f} ms")
+                f"{(t3 - t0) * 1e3:.1f} ms")
+
+        def _publish_debug(self, values: dict[str, float]) -> None:
+            for name, value in values.items():
+                self.debug[name].publish(Float64(data=float(value)))
 
     return UpsampleNode()
 

@@ -43,20 +43,29 @@ def graph():
     received = []
     io.create_subscription(PointCloud2, "/upsample_node/output/pointcloud", received.append,
                            QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    from std_msgs.msg import Float64
+
+    from sspu_ros.node import DEBUG_TOPICS
+
+    debug = {name: [] for name in DEBUG_TOPICS}
+    for name in DEBUG_TOPICS:
+        io.create_subscription(Float64, f"/upsample_node/debug/{name}",
+                               lambda m, n=name: debug[n].append(m.data), 10)
     pub = io.create_publisher(PointCloud2, "/upsample_node/input/pointcloud",
                               QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
 
-    def send_and_wait(msg, n_expected, timeout=10.0):
+    def send_and_wait(msg, n_expected, timeout=10.0, until=lambda: True):
         deadline = time.monotonic() + timeout
         while pub.get_subscription_count() == 0 or node.pub.get_subscription_count() == 0:
             ex.spin_once(timeout_sec=0.05)
             assert time.monotonic() < deadline, "discovery timed out"
         pub.publish(msg)
-        while len(received) < n_expected and time.monotonic() < deadline:
+        while (len(received) < n_expected or not until()) and time.monotonic() < deadline:
             ex.spin_once(timeout_sec=0.05)
         for _ in range(5):
             ex.spin_once(timeout_sec=0.02)
 
+    node.test_debug = debug
     yield node, send_and_wait, received
     ex.shutdown()
     node.destroy_node()
@@ -73,7 +82,7 @@ def _msg(pts, stamp=(12, 345)):
 def test_node_densifies_keeps_header_and_flags_generated_points(graph):
     node, send_and_wait, received = graph
     pts = _scan()
-    send_and_wait(_msg(pts), 1)
+    send_and_wait(_msg(pts), 1, until=lambda: all(node.test_debug.values()))
     assert len(received) == 1
     out = received[0]
     assert out.header.frame_id == "velo_link"
@@ -88,6 +97,12 @@ def test_node_densifies_keeps_header_and_flags_generated_points(graph):
     # intensity = x on the input: a midpoint's intensity, interpolated from its two source
     # points (equal distances, equal weights), is exactly its x again
     np.testing.assert_allclose(d.intensity[len(pts):], d.xyz[len(pts):, 0], atol=1e-4)
+    times = {k: v[-1] for k, v in node.test_debug.items() if v}
+    assert set(times) == set(node.debug), f"debug topics received: {sorted(times)}"
+    parts = sum(times[f"processing_time/{p}_ms"] for p in ("preprocess", "inference",
+                                                           "postprocess"))
+    assert 0 < parts <= times["processing_time/total_ms"] + 1e-6
+    assert times["pipeline_latency_ms"] > 1e9  # header stamp is t = 12 s, the clock is now
 
 
 def test_malformed_cloud_is_rejected_and_node_keeps_publishing(graph):
