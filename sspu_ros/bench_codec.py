@@ -61,14 +61,19 @@ def _stats(times_s: list[float]) -> dict:
     }
 
 
-def _time(fn, repeats: int) -> dict:
+def time_calls(fn, repeats: int) -> list[float]:
+    """Seconds of ``repeats`` calls of ``fn`` after one warm-up call."""
     fn()  # warm-up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return _stats(times)
+    return times
+
+
+def _time(fn, repeats: int) -> dict:
+    return _stats(time_calls(fn, repeats))
 
 
 def _patches(xyz: np.ndarray, n_generated: int, rng) -> np.ndarray:

@@ -4,21 +4,16 @@ side by side in one run, by batch size (number of 256-point patches)."""
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .bench_codec import time_calls
+
 
 def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return float(np.median(time_calls(fn, repeats)))
 
 
 def run_generator_benchmark(batches: tuple[int, ...] = (1, 8, 24), repeats: int = 5,
