@@ -378,7 +378,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="check the installation (torch, ROS 2, backends, data)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
     p.set_defaults(func=cmd_doctor)
+
+    # Subcommands that live beside their core module: each module in CLI_EXTENSIONS has
+    # add_subcommands(sub) adding its parsers (with set_defaults(func=...)); their errors
+    # for bad user input raise UsageError or the core modules' error types.
+    import importlib
+
+    for module in CLI_EXTENSIONS:
+        importlib.import_module(module).add_subcommands(sub)
     return parser
+
+
+CLI_EXTENSIONS: list[str] = []
 
 
 def main(argv: list[str] | None = None) -> int:

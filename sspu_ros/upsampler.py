@@ -22,10 +22,20 @@ class ModelError(RuntimeError):
 
 
 class Upsampler(Protocol):
-    """Densifies a point set by an integer ratio."""
+    """Densifies a point set by an integer ratio.
+
+    ``upsample_patches`` is the batched core every backend implements (one call per scan
+    in the densifier); ``upsample`` runs the standard patch protocol over a whole cloud.
+    """
 
     name: str
     ratio: int
+    patch_size: int
+
+    def upsample_patches(self, patches: np.ndarray) -> np.ndarray:
+        """(B, P, 3) float32 unit-sphere patches -> (B, ratio*P, 3) float32; row
+        ``i*ratio + j`` of a patch is copy j of its point i (copy-major per point)."""
+        ...
 
     def upsample(self, xyz: np.ndarray) -> np.ndarray:
         """(N, 3) float32 -> (ratio*N, 3) float32; the first N rows are the input points."""
@@ -46,15 +56,38 @@ def _copy_sources(n: int, ratio: int) -> np.ndarray:
 class MidpointUpsampler:
     """Each point plus the midpoints to its ratio-1 nearest neighbours."""
 
-    def __init__(self, ratio: int) -> None:
+    def __init__(self, ratio: int, patch_size: int = 256) -> None:
         self.name = "midpoint"
         self.ratio = int(ratio)
+        self.patch_size = int(patch_size)
+
+    def upsample_patches(self, patches: np.ndarray) -> np.ndarray:
+        """Copy 0 of every point is the point; copies 1..r-1 the midpoints to its r-1
+        nearest neighbours within the patch (vectorized over the batch)."""
+        import torch
+
+        from .geometry import knn
+
+        pts = torch.as_tensor(np.asarray(patches, dtype=np.float32))
+        _check_patches(pts, self.ratio)
+        b, p, _ = pts.shape
+        _, idx = knn(pts, pts, self.ratio - 1, exclude_self=True)  # (B, P, r-1)
+        nb = pts[torch.arange(b)[:, None, None], idx]  # (B, P, r-1, 3)
+        copies = torch.cat([pts[:, :, None], 0.5 * (pts[:, :, None] + nb)], dim=2)
+        return copies.reshape(b, p * self.ratio, 3).numpy()
 
     def upsample(self, xyz: np.ndarray) -> np.ndarray:
         return midpoint_upsample(xyz, self.ratio)
 
     def upsample_with_sources(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return midpoint_upsample(xyz, self.ratio, return_sources=True)
+
+
+def _check_patches(pts, ratio: int) -> None:
+    if pts.dim() != 3 or pts.shape[-1] != 3:
+        raise ValueError(f"expected patches of shape (B, P, 3), got {tuple(pts.shape)}")
+    if pts.shape[1] < ratio:
+        raise ValueError(f"patches need at least ratio={ratio} points, got {pts.shape[1]}")
 
 
 def models_dir() -> Path | None:
@@ -89,6 +122,14 @@ class GeneratorUpsampler:
                              f"asked for; use --ratio {self.ratio} or a model trained for it")
         self.patch_size = patch_size
 
+    def upsample_patches(self, patches: np.ndarray) -> np.ndarray:
+        import torch
+
+        pts = torch.as_tensor(np.asarray(patches, dtype=np.float32))
+        _check_patches(pts, self.ratio)
+        with torch.no_grad():
+            return self.model(pts).numpy()
+
     def upsample(self, xyz: np.ndarray) -> np.ndarray:
         from .inference import upsample_with_patches
 
@@ -122,11 +163,17 @@ class OnnxUpsampler:
                              f"asked for; use --ratio {self.ratio} or a model trained for it")
         self.name = str(path)
 
+    def upsample_patches(self, patches: np.ndarray) -> np.ndarray:
+        pts = np.ascontiguousarray(patches, dtype=np.float32)
+        if pts.ndim != 3 or pts.shape[1:] != (self.patch_size, 3):
+            raise ValueError(f"{self.name} takes patches of shape (B, {self.patch_size}, 3), "
+                             f"got {pts.shape}")
+        return self.session.run(None, {"xyz": pts})[0]
+
     def _patches(self, patches):
         import torch
 
-        out = self.session.run(None, {"xyz": patches.numpy().astype(np.float32)})[0]
-        return torch.from_numpy(out)
+        return torch.from_numpy(self.upsample_patches(patches.numpy()))
 
     def upsample(self, xyz: np.ndarray) -> np.ndarray:
         from .inference import upsample_with_patches
