@@ -56,6 +56,8 @@ def _copy_sources(n: int, ratio: int) -> np.ndarray:
 class MidpointUpsampler:
     """Each point plus the midpoints to its ratio-1 nearest neighbours."""
 
+    backend = "builtin"
+
     def __init__(self, ratio: int, patch_size: int = 256) -> None:
         self.name = "midpoint"
         self.ratio = int(ratio)
@@ -108,6 +110,8 @@ def available_models() -> list[str]:
 class GeneratorUpsampler:
     """A trained SSPU-Net generator (PyTorch checkpoint) run with the patch protocol."""
 
+    backend = "torch"
+
     def __init__(self, path: Path, ratio: int | None = None, patch_size: int = 256) -> None:
         from .training.trainer import load_generator
 
@@ -121,6 +125,7 @@ class GeneratorUpsampler:
             raise ModelError(f"model {path} upsamples x{self.ratio}, but ratio {ratio} was "
                              f"asked for; use --ratio {self.ratio} or a model trained for it")
         self.patch_size = patch_size
+        self.trained_patch_size = int(ckpt.get("config", {}).get("data.patch_size", patch_size))
 
     def upsample_patches(self, patches: np.ndarray) -> np.ndarray:
         import torch
@@ -143,13 +148,16 @@ class GeneratorUpsampler:
 class OnnxUpsampler:
     """An exported generator (``sspu export``) run by ONNX Runtime with the patch protocol."""
 
+    backend = "onnxruntime"
+
     def __init__(self, path: Path, ratio: int | None = None,
-                 providers: list[str] | None = None) -> None:
+                 providers: list[str] | None = None, session_options=None) -> None:
         try:
             import onnxruntime as ort
 
             self.session = ort.InferenceSession(
-                str(path), providers=providers or ["CPUExecutionProvider"])
+                str(path), sess_options=session_options,
+                providers=providers or ["CPUExecutionProvider"])
             meta = self.session.get_modelmeta().custom_metadata_map
             self.ratio = int(meta["sspu.ratio"])
             self.patch_size = int(meta["sspu.patch_size"])
@@ -189,20 +197,25 @@ class OnnxUpsampler:
         return self.upsample(xyz), _copy_sources(len(xyz), self.ratio)
 
 
-def load_upsampler(model: str, ratio: int | None) -> Upsampler:
-    """The upsampler named ``model`` (a built-in name, a shipped model name or a path).
+def load_upsampler(model: str, ratio: int | None, backend: str | None = None, *,
+                   config=None, **options) -> Upsampler:
+    """The upsampler named ``model`` (a built-in name, a shipped model name or a path), run
+    by ``backend``: "auto" (default), "torch", "onnxruntime" or "tensorrt".
 
-    ``ratio`` None takes a trained model's own ratio (built-ins need a ratio)."""
+    ``ratio`` None takes a trained model's own ratio (built-ins need a ratio). ``config``: a
+    flat parameter mapping (the node's or CLI's) supplying ``backend`` and the backend
+    options (:func:`sspu_ros.backends.backend_options`); keyword ``options`` override it
+    (device, compile, providers, threads, cache_dir, precision, max_patches). The result's
+    ``backend`` attribute says which backend runs it; callers never branch on it."""
+    from .backends import backend_options, load_model
+
+    if config is not None:
+        options = {**backend_options(config), **options}
+        backend = backend or config.get("backend")
+    backend = backend or "auto"
     if model == "midpoint":
+        from .backends import check_backend_name
+
+        check_backend_name(backend)
         return MidpointUpsampler(ratio or 4)
-    path = Path(model)
-    if not path.exists() and (d := models_dir()) is not None:
-        path = next((d / f"{model}{ext}" for ext in (".pt", ".onnx")
-                     if (d / f"{model}{ext}").is_file()), path)
-    if path.suffix == ".pt" and path.is_file():
-        return GeneratorUpsampler(path, ratio)
-    if path.suffix == ".onnx" and path.is_file():
-        return OnnxUpsampler(path, ratio)
-    raise ModelError(
-        f"model '{model}' not found or not loadable; available: {', '.join(available_models())}"
-    )
+    return load_model(model, ratio, backend, **options)

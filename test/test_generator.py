@@ -231,6 +231,31 @@ def test_zero_offset_head_returns_repeated_input(ratio):
     assert 0 < offsets.abs().max() < 0.05
 
 
+def test_interpolate_base_starts_at_point_and_midpoints_to_its_neighbours():
+    """coord_base='interpolate' with a zero offset head: copy 0 of every point is the point
+    (up to the exp(-interp_prior) leak) and copy j the midpoint to its j-th nearest neighbour
+    - the midpoint baseline, computed here by brute force."""
+    torch.manual_seed(0)
+    model = build_generator(small_config(coord_base="interpolate", interp_prior=30.0))
+    with torch.no_grad():
+        model.offset_head[-1].weight.zero_()
+        model.mix_head[-1].weight.zero_()
+    xyz = unit_sphere_patch(2, 30)
+    out = model(xyz).reshape(2, 30, 4, 3)
+    d2 = (xyz[:, :, None] - xyz[:, None]).square().sum(-1)  # (B, N, N)
+    order = d2.argsort(dim=-1)[..., :4]  # self first, then the 3 nearest
+    for b in range(2):
+        nb = xyz[b][order[b]]  # (N, 4, 3)
+        torch.testing.assert_close(out[b, :, 0], xyz[b], atol=1e-6, rtol=0)
+        torch.testing.assert_close(out[b, :, 1:], 0.5 * (xyz[b][:, None] + nb[:, 1:]),
+                                   atol=1e-6, rtol=0)
+    # the mixing weights are learned: a trained mix head moves copies off the midpoints
+    with torch.no_grad():
+        model.mix_head[-1].bias.copy_(torch.tensor([0.0, 40.0, 0.0, 0.0]))
+    moved = model(xyz).reshape(2, 30, 4, 3)
+    assert (moved[:, :, 2:] - out[:, :, 2:]).abs().max() > 1e-2
+
+
 def test_duplicate_ablation():
     torch.manual_seed(0)
     model = build_generator(small_config(expansion="duplicate"))
@@ -299,7 +324,8 @@ def test_patches_in_a_batch_are_independent():
 
 
 @pytest.mark.parametrize(
-    "overrides", [dict(), dict(attention="local"), dict(ratio=2, neu_include_self=False)]
+    "overrides", [dict(), dict(attention="local"), dict(ratio=2, neu_include_self=False),
+                  dict(coord_base="interpolate")]
 )
 def test_gradient_reaches_every_parameter(overrides):
     torch.manual_seed(0)
@@ -337,7 +363,8 @@ def test_attention_macs_match_hand_count():
 
 
 @pytest.mark.parametrize(
-    "cfg", [GeneratorConfig(), GeneratorConfig.light()], ids=["default", "light"]
+    "cfg", [GeneratorConfig(), GeneratorConfig.light(),
+            GeneratorConfig.light(coord_base="interpolate")], ids=["default", "light", "interp"]
 )
 def test_onnx_export_matches_torch(cfg, tmp_path):
     ort = pytest.importorskip("onnxruntime")

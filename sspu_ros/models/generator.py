@@ -35,6 +35,9 @@ from .feature_extraction import DenseFeatureExtractor
 from .neighbor_expansion import ATTENTIONS, EXPANSIONS, NeighborExpansionUnit
 
 
+COORD_BASES = ("repeat", "interpolate")
+
+
 @dataclass(frozen=True)
 class GeneratorConfig:
     """Hyper-parameters of :class:`Generator`; defaults are the paper-sized model.
@@ -49,6 +52,11 @@ class GeneratorConfig:
     grid_code / grid_scale: PU-GAN 2-D code per copy. neu_include_self: the NEU
     neighbourhood contains the point itself. weight_hidden: hidden width of the NEU weight
     MLP. head_hidden: hidden width of the coordinate head.
+    coord_base: what the head's offsets are added to: "repeat" (the input point, r times)
+    or "interpolate" (a learned convex combination of the point and its r-1 nearest
+    neighbours per copy, the NEU's Eq. (1) mixing done on coordinates; it starts as copy 0 =
+    the point, copy j = the midpoint to neighbour j). interp_prior: the initial logit margin
+    of that start (the leak to the other neighbours is ~exp(-interp_prior)).
     """
 
     ratio: int = 4
@@ -68,12 +76,18 @@ class GeneratorConfig:
     weight_hidden: int = 64
     head_hidden: int = 64
     head_init_scale: float = 0.01
+    coord_base: str = "repeat"
+    interp_prior: float = 8.0
 
     def __post_init__(self) -> None:
         if int(self.ratio) != self.ratio or self.ratio < 2:
             raise ValueError(f"ratio must be an integer >= 2, got {self.ratio}")
         if self.expansion not in EXPANSIONS:
             raise ValueError(f"expansion must be one of {EXPANSIONS}, got {self.expansion!r}")
+        if self.coord_base not in COORD_BASES:
+            raise ValueError(f"coord_base must be one of {COORD_BASES}, got {self.coord_base!r}")
+        if self.coord_base == "interpolate" and not self.neu_include_self:
+            raise ValueError("coord_base='interpolate' needs neu_include_self=True")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         for name in (
@@ -149,6 +163,19 @@ class Generator(nn.Module):
         with torch.no_grad():
             self.offset_head[-1].weight.mul_(cfg.head_init_scale)
             self.offset_head[-1].bias.zero_()
+        if cfg.coord_base == "interpolate":
+            r = cfg.ratio
+            self.mix_head = nn.Sequential(
+                nn.Linear(cfg.channels, cfg.head_hidden), nn.ReLU(), nn.Linear(cfg.head_hidden, r)
+            )
+            with torch.no_grad():
+                self.mix_head[-1].weight.mul_(cfg.head_init_scale)
+                self.mix_head[-1].bias.zero_()
+            # copy j mixes the point (slot 0) and neighbour j equally; copy 0 is the point
+            prior = torch.full((r, r), -float(cfg.interp_prior))
+            prior[:, 0] = 0.0
+            prior[torch.arange(1, r), torch.arange(1, r)] = 0.0
+            self.mix_prior = nn.Parameter(prior)
 
     def neighborhoods(self, xyz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """xyz (B, N, 3) -> (NEU neighbour indices (B, N, r), local-attention seeds (B, N, S)
@@ -184,8 +211,16 @@ class Generator(nn.Module):
         up1 = self.neu1(features, neighbor_idx, seed_idx)  # (B, N, r, C)
         down = self.down(up1.reshape(b, n, -1))  # (B, N, C)
         up2 = self.neu2(down - features, neighbor_idx, seed_idx)  # (B, N, r, C)
-        offsets = self.offset_head(up1 + up2)  # (B, N, r, 3)
-        return (xyz.unsqueeze(2) + offsets).reshape(b, n * self.ratio, 3)
+        up = up1 + up2
+        offsets = self.offset_head(up)  # (B, N, r, 3)
+        if self.cfg.coord_base == "interpolate":
+            weights = torch.softmax(self.mix_head(up) + self.mix_prior, dim=-1)  # (B, N, r, r)
+            batch = torch.arange(b, device=xyz.device).view(b, 1, 1)
+            neighbors = xyz[batch, neighbor_idx]  # (B, N, r, 3), slot 0 = the point
+            base = weights @ neighbors  # (B, N, r, 3): copy j = sum_m w_jm * neighbour m
+        else:
+            base = xyz.unsqueeze(2)
+        return (base + offsets).reshape(b, n * self.ratio, 3)
 
 
 def build_generator(cfg: GeneratorConfig | None = None) -> Generator:

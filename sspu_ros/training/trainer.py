@@ -49,7 +49,8 @@ def generator_config(cfg: Mapping[str, Any]) -> GeneratorConfig:
     """The generator architecture from the training configuration's ``model.*``: the
     preset, with the parameters that are set (non-zero, not 'preset') on top."""
     over = {"ratio": cfg["model.ratio"], "expansion": cfg["model.expansion"],
-            "head_init_scale": cfg["model.head_init_scale"]}
+            "head_init_scale": cfg["model.head_init_scale"],
+            "coord_base": cfg["model.coord_base"]}
     if cfg["model.channels"]:
         over["channels"] = cfg["model.channels"]
     if cfg["model.knn_k"]:
