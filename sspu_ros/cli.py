@@ -43,6 +43,8 @@ def _load_config(args: argparse.Namespace):
         overrides["model"] = args.model
     if getattr(args, "ratio", None) is not None:
         overrides["ratio"] = args.ratio
+    if getattr(args, "backend", None) is not None:
+        overrides["backend"] = args.backend
     return load_config(getattr(args, "config", None), overrides)
 
 
@@ -61,22 +63,34 @@ def _finite_points(xyz: np.ndarray, path: str, min_points: int) -> np.ndarray:
     return xyz
 
 
-def _upsample_file(src: str, dst: str, cfg) -> dict:
+def _upsample_file(src: str, dst: str, cfg, adapt: int = 0) -> dict:
     from .cloud_io import read_cloud, write_cloud
     from .upsampler import load_upsampler
 
-    upsampler = load_upsampler(cfg["model"], cfg["ratio"])
+    if adapt < 0:
+        raise UsageError(f"--adapt must be >= 0 steps, got {adapt}")
+    if adapt:
+        from .adapt import adapt_upsample, checkpoint_of
+
+        checkpoint_of(cfg["model"])  # a .pt, or a ModelError before any work
+    upsampler = load_upsampler(cfg["model"], cfg["ratio"], config=cfg)
     cloud = read_cloud(src)
     xyz = _finite_points(cloud.xyz, src, cfg["ratio"])
     t0 = time.perf_counter()
-    dense = upsampler.upsample(xyz)
+    adapted = {}
+    if adapt:
+        dense, adapted = adapt_upsample(cfg["model"], xyz, adapt, ratio=cfg["ratio"],
+                                        device=cfg.get("torch.device", "auto"), progress=True)
+    else:
+        dense = upsampler.upsample(xyz)
     seconds = time.perf_counter() - t0
     generated = np.zeros(dense.shape[0], dtype=np.uint8)
     generated[xyz.shape[0]:] = 1
     write_cloud(dst, dense, {"generated": generated})
     return {"input": src, "output": dst, "model": upsampler.name, "ratio": upsampler.ratio,
+            "backend": "torch" if adapt else upsampler.backend,
             "input_points": int(xyz.shape[0]), "output_points": int(dense.shape[0]),
-            "seconds": round(seconds, 4)}
+            "seconds": round(seconds, 4), "adapt": adapted}
 
 
 # --------------------------------------------------------------------------- subcommands
@@ -84,9 +98,14 @@ def _upsample_file(src: str, dst: str, cfg) -> dict:
 
 def cmd_upsample(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
-    r = _upsample_file(args.input, args.output, cfg)
+    r = _upsample_file(args.input, args.output, cfg, adapt=args.adapt)
+    a = r["adapt"]
+    adapted = (f", adapted {a['steps']} steps on {a['patches']} patches of the input in "
+               f"{a['seconds']:.1f} s, loss {a['loss_first']:.4g} -> {a['loss_last']:.4g}"
+               if a else "")
     print(f"{r['input']}: {r['input_points']} -> {r['output_points']} points "
-          f"(model {r['model']}, x{r['ratio']}) in {r['seconds'] * 1000:.1f} ms -> {r['output']}")
+          f"(model {r['model']}, x{r['ratio']}, backend {r['backend']}{adapted}) in "
+          f"{r['seconds'] * 1000:.1f} ms -> {r['output']}")
     return 0
 
 
@@ -104,21 +123,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job on the shipped defaults: make the sample, upsample it, report."""
-    from .cloud_io import write_cloud
-    from .sample_data import torus_knot_surface
+    """The main job: sample recording -> node -> recorded output, PNG + latency summary."""
+    from .demo import cmd_demo as run
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    sample = out / "sample.ply"
-    write_cloud(sample, torus_knot_surface(2048, seed=0))
-    cfg = _load_config(args)
-    r = _upsample_file(str(sample), str(out / f"sample_x{cfg['ratio']}.ply"), cfg)
-    print(f"sspu demo: generated sample {sample} ({r['input_points']} points)")
-    print(f"sspu demo: upsampled x{r['ratio']} with model '{r['model']}' (config: "
-          f"{cfg.source}) -> {r['output']} ({r['output_points']} points, "
-          f"{r['seconds'] * 1000:.1f} ms)")
-    return 0
+    return run(args)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -188,6 +196,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = run_generator_benchmark(repeats=args.repeats or 5)
         print(json.dumps(result, indent=2) if args.json else format_generator_benchmark(result))
         return 0
+    if args.what == "speed":
+        from .bench_speed import format_speed_benchmark, run_speed_benchmark
+
+        overrides = _parse_sets(args.set)
+        if args.model:
+            overrides["model"] = args.model[-1]
+        if args.scans < 1 or args.rss_scans < 0:
+            raise UsageError("--scans must be >= 1 and --rss-scans >= 0")
+        result = run_speed_benchmark(args.data, config=args.config, overrides=overrides,
+                                     backends=args.backend, n_scans=args.scans,
+                                     rss_scans=args.rss_scans, progress=not args.json)
+        print(json.dumps(result, indent=2) if args.json else format_speed_benchmark(result))
+        return 0
     if args.what == "model":
         from .models.generator import GeneratorConfig, describe_generator
 
@@ -195,15 +216,45 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"preset {name}: " + describe_generator(cfg, batches=(24, args.batch)))
         return 0
     if args.what == "quality":
+        return _bench_quality(args)
+    raise UsageError(f"unknown benchmark '{args.what}'")
+
+
+QUALITY_SUITES = {"pugan": "../shared/data/pugan-dev", "kitti-beams": "../shared/data/kitti",
+                  "lidar-sim": "../shared/data/meshes/vehicles_scene"}
+
+
+def _bench_quality(args: argparse.Namespace) -> int:
+    """``sspu bench quality --suite pugan|kitti-beams|lidar-sim``: one table per run."""
+    data = args.data or QUALITY_SUITES[args.suite]
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be >= 1, got {args.limit}")
+    if args.adapt is not None and args.adapt < 0:
+        raise UsageError(f"--adapt must be >= 0 steps, got {args.adapt}")
+    if args.suite == "pugan":
         from .evaluation import format_quality, run_quality
 
-        if not args.data:
-            raise UsageError("sspu bench quality needs --data (e.g. ../shared/data/pugan-dev)")
-        result = run_quality(args.data, models=args.model or [], limit=args.limit,
-                             out_dir=args.out)
+        result = run_quality(data, models=args.model or [], limit=args.limit,
+                             out_dir=args.out, adapt=args.adapt or 0, plot=args.plot,
+                             progress=not args.json)
         print(json.dumps(result, indent=2) if args.json else format_quality(result))
         return 0
-    raise UsageError(f"unknown benchmark '{args.what}'")
+    if args.adapt:
+        raise UsageError("--adapt is implemented for --suite pugan only")
+    try:
+        from . import lidar_benchmark
+    except ImportError as e:
+        raise UsageError(f"--suite {args.suite} needs sspu_ros.lidar_benchmark, which is "
+                         f"not available in this installation ({e})") from None
+    kind = args.suite.replace("-", "_")
+    run = getattr(lidar_benchmark, f"run_{kind}", None)
+    fmt = getattr(lidar_benchmark, f"format_{kind}", None)
+    if run is None or fmt is None:
+        raise UsageError(f"--suite {args.suite}: sspu_ros.lidar_benchmark has no run_{kind}/"
+                         f"format_{kind} yet")
+    result = run(data, args.model or [], out_dir=args.out, limit=args.limit, plot=args.plot)
+    print(json.dumps(result, indent=2) if args.json else fmt(result))
+    return 0
 
 
 def _parse_sets(items: list[str] | None) -> dict:
@@ -265,10 +316,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if not Path(args.model).is_file():
         raise UsageError(f"{args.model}: no such checkpoint")
-    r = export_checkpoint(args.model, args.onnx, opset=args.opset)
-    print(f"exported {args.model} -> {r['onnx']} (x{r['ratio']}, {r['patch_size']}-point "
-          f"patches, dynamic batch); onnxruntime vs PyTorch max |diff| "
-          f"{r['max_abs_diff']:.2e}")
+    from .export import real_patches
+    from .training.trainer import load_checkpoint
+
+    try:
+        patch_size = int(load_checkpoint(args.model).get("config", {}).get("data.patch_size",
+                                                                            256))
+    except (OSError, ValueError, RuntimeError) as e:
+        raise UsageError(f"{args.model}: not a loadable checkpoint: {e}") from None
+    real = real_patches(patch_size=patch_size)
+    r = export_checkpoint(args.model, args.onnx, opset=args.opset, fp16=args.fp16,
+                          real_patches=real)
+    on_real = ("" if r["max_abs_diff_real"] is None else
+               f", {len(real)} PU-GAN dev patches {r['max_abs_diff_real']:.2e}")
+    print(f"exported {args.model} -> {r['onnx']} ({r['precision']}, x{r['ratio']}, "
+          f"{r['patch_size']}-point patches, dynamic batch); onnxruntime vs PyTorch fp32 max "
+          f"|diff|: random patches {r['max_abs_diff']:.2e}{on_real} (bound {r['tolerance']:g})")
     return 0
 
 
@@ -295,11 +358,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", help="upsampler (default: the config's 'model')")
         p.add_argument("--ratio", type=int, help="upsampling ratio (default: config 'ratio')")
         p.add_argument("--config", help="ROS 2 parameter YAML overriding the defaults")
+        p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt"],
+                       help="what runs a trained model (default: config 'backend')")
 
     p = sub.add_parser("upsample", help="upsample a point-cloud file (.xyz .ply .pcd .bin .npy)")
     p.add_argument("input")
     p.add_argument("-o", "--output", required=True, help="output file; format from extension")
     with_model(p)
+    p.add_argument("--adapt", type=int, default=0, metavar="STEPS",
+                   help="first fine-tune a copy of the .pt model on the input's own patches "
+                   "for STEPS self-supervised steps (test-time adaptation)")
     p.set_defaults(func=cmd_upsample)
 
     p = sub.add_parser("sample", help="write the project's own procedural sample cloud")
@@ -308,9 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("demo", help="main job on the shipped defaults: sample -> upsample")
+    p = sub.add_parser("demo", help="main job: sample recording -> node -> PNG + latency")
     p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     with_model(p)
+    from .demo import add_demo_arguments
+
+    add_demo_arguments(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("convert", help="convert between point-cloud file formats")
@@ -331,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    p.add_argument("what", choices=["codec", "train", "quality", "model", "generator"])
+    p.add_argument("what", choices=["codec", "train", "quality", "model", "generator", "speed"])
     p.add_argument("--scan", help="codec: KITTI .bin scan (default: ../shared/data, else "
                    "synthetic)")
     p.add_argument("--repeats", type=int, help="codec / generator: repetitions "
@@ -342,12 +413,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--set", action="append", metavar="NAME=VALUE",
                    help="train: override a training parameter (repeatable)")
-    p.add_argument("--data", help="quality: folder with input/ and gt/ (PU-GAN layout)")
+    p.add_argument("--suite", choices=sorted(QUALITY_SUITES), default="pugan",
+                   help="quality: which benchmark (default pugan)")
+    p.add_argument("--data", help="quality: the suite's data (default: "
+                   + ", ".join(f"{k}: {v}" for k, v in QUALITY_SUITES.items()) + ")")
     p.add_argument("--model", action="append",
                    help="quality: model(s) to score beside the baselines (repeatable)")
-    p.add_argument("--limit", type=int, help="quality: first N shapes only")
-    p.add_argument("--out", help="quality: write predictions here")
+    p.add_argument("--limit", type=int, help="quality: first N shapes / frames only")
+    p.add_argument("--out", help="quality: write predictions (and figures) here "
+                   "(default with --plot: out/quality)")
+    p.add_argument("--plot", action="store_true",
+                   help="quality: PNG figures of a few shapes and of the metrics")
+    p.add_argument("--adapt", type=int, metavar="STEPS",
+                   help="quality (pugan): also score each .pt model adapted to every input "
+                   "for STEPS self-supervised steps (a separate row with its time)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--scans", type=int, default=50, help="speed: timed scans per source")
+    p.add_argument("--rss-scans", type=int, default=1000,
+                   help="speed: consecutive scans of the memory test (0 skips it)")
+    p.add_argument("--backend", action="append",
+                   help="speed: backend(s) to time (default: torch and onnxruntime)")
+    p.add_argument("--config", help="speed: upsample parameter YAML (its model is timed)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("train", help="self-supervised training of the generator")
@@ -373,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint .pt from sspu train")
     p.add_argument("--onnx", required=True, help="output .onnx path")
     p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--fp16", action="store_true", help="float16 weights and activations "
+                   "(float32 input/output); the ONNX for a TensorRT 11 FP16 engine")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("doctor", help="check the installation (torch, ROS 2, backends, data)")
@@ -389,7 +477,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-CLI_EXTENSIONS: list[str] = []
+CLI_EXTENSIONS: list[str] = [
+    "sspu_ros.tensorrt_engine",
+    "sspu_ros.cli_bags",
+    "sspu_ros.cli_finetune",
+    "sspu_ros.cli_densify",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -151,21 +151,10 @@ def discover(paths: Iterable[str | Path]) -> list[Path]:
 
 def _bag_scans(path: Path, topic: str | None, every: int) -> Iterator[np.ndarray]:
     """(N, 3) float32 xyz of every ``every``-th PointCloud2 message of ``topic`` in a bag."""
-    from rosbags.highlevel import AnyReader
+    from ..bags import read_pointclouds
 
-    from ..pointcloud2 import decode
-
-    with AnyReader([path]) as reader:
-        conns = [c for c in reader.connections if c.msgtype == "sensor_msgs/msg/PointCloud2"
-                 and (topic is None or c.topic == topic)]
-        if not conns:
-            raise CloudFileError(f"{path}: no PointCloud2 topic"
-                                 + (f" named {topic}" if topic else ""))
-        if topic is None:
-            conns = conns[:1]
-        for i, (conn, _, raw) in enumerate(reader.messages(connections=conns)):
-            if i % every == 0:
-                yield decode(reader.deserialize(raw, conn.msgtype)).xyz
+    for item in read_pointclouds(path, topic, every=every):
+        yield item.cloud.xyz
 
 
 def source_patches(path: Path, opts: PatchOptions, rng: np.random.Generator) -> np.ndarray:
