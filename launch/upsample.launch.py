@@ -3,17 +3,30 @@
     ros2 launch sspu_ros upsample.launch.py input_topic:=/points_raw output_topic:=/points_dense
 
 Parameters come from ``params_file`` (default: the package's config/upsample.yaml). The
-``model`` and ``ratio`` arguments override the file's values when given (empty = keep).
+``model``, ``backend`` and ``ratio`` arguments override the file's values when given
+(empty = keep). ``dds_large_data:=true`` (default) sets
+``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` for Fast DDS (ignored by other RMWs), without
+which large clouds between processes are mostly lost to a best-effort subscriber; an
+``FASTDDS_BUILTIN_TRANSPORTS`` already set in the environment wins.
 """
 
-from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+import os
+
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
+from launch import LaunchDescription
+
 # launch argument -> node parameter it overrides (when not empty), with its type
-PARAMETER_ARGUMENTS = {"model": ("model", str), "ratio": ("ratio", int)}
+PARAMETER_ARGUMENTS = {"model": ("model", str), "backend": ("backend", str),
+                       "ratio": ("ratio", int)}
+# launch argument -> the node's topic it remaps
+REMAP_ARGUMENTS = {"input_topic": "~/input/pointcloud", "output_topic": "~/output/pointcloud"}
+# launch arguments for the node itself (not parameters of the schema) or the environment
+NODE_ARGUMENTS = ("params_file", "use_sim_time", "log_level", "dds_large_data")
+FASTDDS_TRANSPORTS_ENV = "FASTDDS_BUILTIN_TRANSPORTS"
 
 
 def _node(context, *args, **kwargs):
@@ -23,7 +36,11 @@ def _node(context, *args, **kwargs):
         if value != "":
             overrides[param] = kind(value)
     use_sim_time = LaunchConfiguration("use_sim_time").perform(context).lower() == "true"
-    return [
+    actions = []
+    large_data = LaunchConfiguration("dds_large_data").perform(context).lower() == "true"
+    if large_data and FASTDDS_TRANSPORTS_ENV not in os.environ:
+        actions.append(SetEnvironmentVariable(FASTDDS_TRANSPORTS_ENV, "LARGE_DATA"))
+    return actions + [
         Node(
             package="sspu_ros",
             executable="upsample_node",
@@ -31,10 +48,8 @@ def _node(context, *args, **kwargs):
             output="screen",
             parameters=[LaunchConfiguration("params_file"), overrides,
                         {"use_sim_time": use_sim_time}],
-            remappings=[
-                ("~/input/pointcloud", LaunchConfiguration("input_topic")),
-                ("~/output/pointcloud", LaunchConfiguration("output_topic")),
-            ],
+            remappings=[(topic, LaunchConfiguration(arg))
+                        for arg, topic in REMAP_ARGUMENTS.items()],
             arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
         )
     ]
@@ -48,6 +63,9 @@ def generate_launch_description():
                               description="ROS 2 parameter YAML for upsample_node"),
         DeclareLaunchArgument("model", default_value="",
                               description="override parameter 'model' (empty: keep the file's)"),
+        DeclareLaunchArgument("backend", default_value="",
+                              description="override parameter 'backend' (empty: keep the "
+                                          "file's)"),
         DeclareLaunchArgument("ratio", default_value="",
                               description="override parameter 'ratio' (empty: keep the file's)"),
         DeclareLaunchArgument("input_topic", default_value="/points_raw",
@@ -58,5 +76,8 @@ def generate_launch_description():
                               description="use /clock (true when playing a bag)"),
         DeclareLaunchArgument("log_level", default_value="info",
                               description="node log level (debug, info, warn, error)"),
+        DeclareLaunchArgument("dds_large_data", default_value="true",
+                              description="Fast DDS: set FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA "
+                                          "(large clouds between processes) unless already set"),
         OpaqueFunction(function=_node),
     ])

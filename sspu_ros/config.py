@@ -287,6 +287,13 @@ def _cross_checks(flat: Mapping[str, Any]) -> None:
                 f"parameter '{lo}' = {_fmt(flat[lo])} must be "
                 f"{'at most' if equal_ok else 'smaller than'} '{hi}' = {_fmt(flat[hi])}"
             )
+    if "roi.boxes" in flat:  # flat list, 6 numbers per box (ROS 2 cannot nest lists)
+        from .densify import roi_boxes
+
+        try:
+            roi_boxes(flat["roi.boxes"])
+        except ValueError as e:
+            raise ConfigError(f"parameter 'roi.boxes' = {_fmt(flat['roi.boxes'])}: {e}") from None
 
 
 def _unknown_message(name: str, specs: Mapping[str, ParameterSpec]) -> str:
