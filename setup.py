@@ -23,7 +23,16 @@ ROS_REQUIRES = [
     "ros-rmw-fastrtps-cpp",
 ]
 
+# The PU-GAN benchmark's Poisson baseline (open3d: needs the system library libusb-1.0-0)
+# and `sspu bench quality --plot` (matplotlib); the benchmark skips what is missing.
+EVAL_REQUIRES = [
+    "open3d-cpu>=0.19; sys_platform == 'linux' and platform_machine == 'x86_64'",
+    "open3d>=0.19; sys_platform != 'linux' or platform_machine != 'x86_64'",
+    "matplotlib>=3.7",
+]
+
 DEV_REQUIRES = [
+    *EVAL_REQUIRES,
     "pytest>=8",
     "pytest-timeout",
     "hypothesis>=6.100",
@@ -65,7 +74,9 @@ setup(
         "onnxruntime>=1.17",
         "tensorboard>=2.14",
     ],
-    extras_require={"ros": ROS_REQUIRES, "dev": DEV_REQUIRES},
+    extras_require={"ros": ROS_REQUIRES, "dev": DEV_REQUIRES, "eval": EVAL_REQUIRES,
+                    # the TensorRT backend: needs a CUDA build of torch and an NVIDIA GPU
+                    "tensorrt": ["tensorrt>=10"]},
     zip_safe=True,
     maintainer="sspu_ros developers",
     maintainer_email="sspu-ros@users.noreply.github.com",

@@ -221,7 +221,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 QUALITY_SUITES = {"pugan": "../shared/data/pugan-dev", "kitti-beams": "../shared/data/kitti",
-                  "lidar-sim": "../shared/data/meshes/vehicles_scene"}
+                  "lidar-sim": "../shared/data"}
 
 
 def _bench_quality(args: argparse.Namespace) -> int:
