@@ -1,24 +1,247 @@
-"""Scan densification core: crop, nearest-first cap, sources in scan indices."""
+"""Scan densification core: crop and cap, ground, clusters, patches (padded / split), one
+batched upsampler call, owner merge, outlier drop, modes, caps, KITTI recall."""
+
+from pathlib import Path
 
 import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from sspu_ros.config import load_config
-from sspu_ros.densify import crop_mask, densify_points
+from sspu_ros.config import ConfigError, load_config
+from sspu_ros.densify import crop_mask, densify_points, roi_boxes
 from sspu_ros.upsampler import load_upsampler
 
+KITTI = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti" / "object"
 
-def test_crop_cap_and_sources_index_the_scan():
+
+class FakeUpsampler:
+    """Copy 0 = the point, copies 1..r-2 = the point shifted by j*0.01 along x (unit-sphere
+    units), copy r-1 = 4x the point (pushed out of the convex object: an outlier). Records
+    every call."""
+
+    name = "fake"
+
+    def __init__(self, ratio=4, patch_size=64):
+        self.ratio, self.patch_size, self.calls = ratio, patch_size, []
+
+    def upsample_patches(self, patches):
+        self.calls.append(np.array(patches))
+        b, p, _ = patches.shape
+        out = np.repeat(patches[:, :, None], self.ratio, axis=2).copy()  # (B, P, r, 3)
+        for j in range(1, self.ratio - 1):
+            out[:, :, j, 0] += 0.01 * j
+        out[:, :, -1] *= 4.0
+        return out.reshape(b, p * self.ratio, 3)
+
+
+def _grid(xs, ys, z):
+    g = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
+    return np.c_[g, np.full(len(g), z)]
+
+
+def _box_surface(centre, size, step):
+    """Points on the 4 side faces and the top of a box (what a LiDAR sees)."""
+    (cx, cy, cz), (sx, sy, sz) = centre, size
+    xs, ys = np.arange(-sx / 2, sx / 2 + 1e-9, step), np.arange(-sy / 2, sy / 2 + 1e-9, step)
+    zs = np.arange(-sz / 2, sz / 2 + 1e-9, step)
+    faces = [np.stack(np.meshgrid(xs, [y], zs), -1).reshape(-1, 3) for y in (-sy / 2, sy / 2)]
+    faces += [np.stack(np.meshgrid([x], ys[1:-1], zs), -1).reshape(-1, 3)
+              for x in (-sx / 2, sx / 2)]
+    faces.append(np.stack(np.meshgrid(xs[1:-1], ys[1:-1], [sz / 2]), -1).reshape(-1, 3))
+    return np.unique(np.vstack(faces).round(6), axis=0) + [cx, cy, cz]
+
+
+def _scene():
+    """Flat ground at z = -1.7 (0.25 m grid), a car-like box (> 64 points) at x = 10 and a
+    pedestrian-like one (< 64 points) at x = -5."""
+    ground = _grid(np.arange(-15, 15, 0.25), np.arange(-15, 15, 0.25), -1.7)
+    car = _box_surface((10.0, 0.0, -0.9), (2.0, 1.0, 1.0), 0.25)
+    ped = _box_surface((-5.0, 3.0, -0.8), (0.5, 0.5, 1.2), 0.25)
+    xyz = np.vstack([ground, car, ped]).astype(np.float32)
+    n0, n1 = len(ground), len(ground) + len(car)
+    return xyz, np.arange(n0, n1), np.arange(n1, len(xyz))
+
+
+def test_synthetic_scene_ground_clusters_one_call_owner_merge_outliers():
+    xyz, car, ped = _scene()
+    assert len(car) > 64 > len(ped) >= 5
+    up = FakeUpsampler()
+    params = load_config()
+    r = densify_points(xyz, up, params)
+    assert r.n_ground == crop_mask(xyz[:car[0]], params).sum()  # exactly the ground grid
+    assert (r.n_clusters, r.n_candidates, r.n_groups, r.n_groups_capped) == (2, 2, 2, 0)
+    assert len(up.calls) == 1  # one batched call per scan
+    batch = up.calls[0]
+    assert batch.shape == (r.n_patches, 64, 3) and r.n_patches >= 1 + -(-len(car) // 64)
+    norms = np.linalg.norm(batch, axis=2)
+    np.testing.assert_allclose(norms.max(axis=1), 1.0, atol=1e-5)  # unit sphere
+    # every object point densified exactly once (owner rule), ground never
+    np.testing.assert_array_equal(np.sort(r.selected), np.r_[car, ped])
+    src, counts = np.unique(r.sources[:, 0], return_counts=True)
+    np.testing.assert_array_equal(src, np.r_[car, ped])
+    assert (counts == 2).all()  # copies 1, 2 kept; copy 0 is the point; copy 3 an outlier
+    assert r.n_outliers == len(car) + len(ped)
+    assert r.generated.shape == (2 * (len(car) + len(ped)), 3)
+    # generated = source + a small shift along x only
+    d = r.generated - xyz[r.sources[:, 0]]
+    assert np.abs(d[:, 1:]).max() < 1e-5 and (d[:, 0] > 0).all() and d[:, 0].max() < 0.05
+    # the two extra sources are neighbours of the same object
+    assert np.isin(r.sources[np.isin(r.sources[:, 0], ped)], ped).all()
+    assert set(r.timings_ms) == {"preprocess", "inference", "postprocess"}
+
+
+def test_small_cluster_padded_by_repetition_and_padding_copies_dropped():
+    xyz, car, ped = _scene()
+    up = FakeUpsampler()
+    r = densify_points(xyz, up, load_config(overrides={"mode": "roi",
+                                                       "roi.boxes": [-6, -4, 2, 4, -3, 3]}))
+    assert r.n_patches == 1 and r.n_groups == 1
+    patch = up.calls[0][0]  # the pedestrian's points, then repeats of them in order
+    n = len(ped)
+    np.testing.assert_allclose(patch[n:], patch[np.arange(n, 64) % n])
+    assert np.unique(patch, axis=0).shape[0] == n
+    assert r.generated.shape == (2 * n, 3)  # copies of padding points dropped
+    np.testing.assert_array_equal(np.unique(r.sources[:, 0]), ped)
+
+
+def test_modes_roi_full_objects():
+    xyz, car, ped = _scene()
+    wall = np.c_[np.repeat(np.arange(-12, 12, 0.2), 8), np.full(120 * 8, -12.0),
+                 np.tile(np.arange(-1.3, 0.3, 0.2), 120)].astype(np.float32)
+    pts = np.vstack([xyz, wall])
+    walls = np.arange(len(xyz), len(pts))
+    objects = densify_points(pts, FakeUpsampler(), load_config())
+    assert objects.n_groups == 2 and not np.isin(walls, objects.selected).any()
+    full = densify_points(pts, FakeUpsampler(), load_config(overrides={"mode": "full"}))
+    assert full.n_groups == 3 and np.isin(walls, full.selected).all()
+    roi = densify_points(pts, FakeUpsampler(), load_config(overrides={
+        "mode": "roi", "roi.boxes": [8, 12, -2, 2, -3, 3, -20, 20, -13, -11, -3, 3]}))
+    np.testing.assert_array_equal(np.sort(roi.selected), np.r_[car, walls])
+
+
+def test_patch_cap_takes_nearest_clusters_that_fit():
+    xyz, car, ped = _scene()  # pedestrian at 5.8 m (1 patch), car at 10 m (several)
+    up = FakeUpsampler()
+    r = densify_points(xyz, up, load_config(overrides={"patches.max_per_scan": 2}))
+    assert (r.n_candidates, r.n_groups, r.n_groups_capped, r.n_patches) == (2, 1, 1, 1)
+    np.testing.assert_array_equal(np.sort(r.selected), ped)
+    # a cluster that does not fit is skipped, a smaller farther one still goes in
+    far = _box_surface((-11.0, -9.0, -0.8), (0.5, 0.5, 1.2), 0.25)  # 14.2 m away
+    pts = np.vstack([xyz, far]).astype(np.float32)
+    r2 = densify_points(pts, FakeUpsampler(), load_config(overrides={"patches.max_per_scan": 2}))
+    assert (r2.n_candidates, r2.n_groups, r2.n_groups_capped, r2.n_patches) == (3, 2, 1, 2)
+    np.testing.assert_array_equal(np.sort(r2.selected), np.r_[ped, np.arange(len(xyz), len(pts))])
+    none = densify_points(xyz, up, load_config(overrides={"patches.min_cluster_points": 1000}))
+    assert none.n_candidates == 0 and none.generated.shape == (0, 3) and len(up.calls) == 1
+
+
+def test_crop_and_max_points_cap_keep_the_nearest():
     rng = np.random.default_rng(0)
     near = np.c_[rng.uniform(2, 4, (50, 2)), rng.uniform(-1, 1, 50)]
-    far = np.c_[rng.uniform(30, 40, (50, 2)), rng.uniform(-1, 1, 50)]
+    far = np.c_[rng.uniform(30, 32, (50, 2)), rng.uniform(-1, 1, 50)]
     high = np.c_[rng.uniform(2, 4, (10, 2)), np.full(10, 9.0)]  # above crop.max_z
     xyz = np.vstack([far, near, high]).astype(np.float32)
-    params = load_config(overrides={"max_points": 60})
+    params = load_config(overrides={"max_points": 60, "mode": "full", "ground.enabled": False,
+                                    "cluster.tolerance": 2.0})
     assert crop_mask(xyz, params).sum() == 100
     r = densify_points(xyz, load_upsampler("midpoint", 4), params)
-    assert (r.n_selected, r.n_capped, r.n_cropped_out) == (60, 40, 10)
-    assert r.generated.shape == (180, 3) and r.sources.shape == (180, 2)
-    # the cap keeps the nearest: all 50 near points are densified, only 10 of the far ones
-    assert set(np.unique(r.sources[:, 0])) >= set(range(50, 100))
-    np.testing.assert_allclose(r.generated, 0.5 * (xyz[r.sources[:, 0]] + xyz[r.sources[:, 1]]),
-                               atol=1e-5)
+    assert (r.n_capped, r.n_cropped_out) == (40, 10)
+    assert set(range(50, 100)) <= set(r.selected.tolist()) and len(r.selected) <= 60
+    assert r.generated.shape[0] == 3 * r.n_selected - r.n_outliers
+    assert r.sources.shape == (r.generated.shape[0], 3)
+
+
+def test_outlier_drop_can_be_disabled():
+    xyz, car, ped = _scene()
+    r = densify_points(xyz, FakeUpsampler(), load_config(overrides={"outliers.enabled": False}))
+    assert r.n_outliers == 0 and r.generated.shape == (3 * (len(car) + len(ped)), 3)
+
+
+def test_roi_boxes_validation():
+    np.testing.assert_array_equal(roi_boxes([0, 1, 0, 1, 0, 1]), [[0, 1, 0, 1, 0, 1]])
+    assert roi_boxes([]).shape == (0, 6)
+    with pytest.raises(ValueError, match="6 numbers per box"):
+        roi_boxes([0, 1, 2])
+    with pytest.raises(ConfigError, match="roi.boxes.*box 1.*min"):
+        load_config(overrides={"roi.boxes": [0, 1, 0, 1, 0, 1, 5, 4, 0, 1, 0, 1]})
+
+
+@pytest.mark.skipif(not (KITTI / "velodyne" / "000010.bin").is_file(),
+                    reason=f"KITTI dev data not found at {KITTI} (../shared/data layout)")
+def test_kitti_000010_default_config_densifies_every_labelled_object():
+    from sspu_ros.kitti import (
+        boxes_to_lidar,
+        points_in_boxes,
+        read_calib,
+        read_labels,
+        read_velodyne,
+    )
+
+    xyz = read_velodyne(KITTI / "velodyne" / "000010.bin")[:, :3]
+    objs = read_labels(KITTI / "label_2" / "000010.txt")
+    assert sorted(o.type for o in objs) == ["Car"] * 8 + ["Pedestrian"]
+    inside = points_in_boxes(xyz, boxes_to_lidar(objs, read_calib(KITTI / "calib" / "000010.txt")))
+    up = FakeUpsampler(patch_size=256)
+    r = densify_points(xyz, up, load_config())
+    assert len(up.calls) == 1 and r.n_groups_capped == 0
+    densified = np.zeros(len(xyz), bool)
+    densified[r.selected] = True
+    for b in range(len(objs)):  # recall of labelled objects with >= 5 points: 9 / 9
+        assert (inside == b).sum() >= 5
+        assert densified[inside == b].any(), f"object {b} ({objs[b].type}) not densified"
+    # ground and walls stay out: far fewer points densified than the non-ground scan
+    assert r.n_selected < 0.6 * (len(xyz) - r.n_ground)
+
+
+def test_cli_densify_writes_bin_and_flagged_ply(tmp_path, capsys):
+    from sspu_ros.cli import main
+    from sspu_ros.cloud_io import read_cloud, write_cloud
+
+    xyz, car, ped = _scene()
+    intensity = np.linspace(0, 1, len(xyz), dtype=np.float32)
+    src = tmp_path / "scan.npy"
+    write_cloud(src, xyz, {"intensity": intensity})
+    assert main(["densify", str(src), "-o", str(tmp_path / "out.bin"), "--mode", "objects"]) == 0
+    out = capsys.readouterr().out
+    assert "mode objects" in out and "2 densified" in out
+    dense = np.fromfile(tmp_path / "out.bin", dtype="<f4").reshape(-1, 4)
+    n_gen = 3 * (len(car) + len(ped))  # midpoint model: r-1 = 3 generated per point
+    assert dense.shape[0] == len(xyz) + n_gen
+    np.testing.assert_array_equal(dense[:len(xyz), :3], xyz)
+    np.testing.assert_array_equal(dense[:len(xyz), 3], intensity)
+    lo, hi = intensity[np.r_[car, ped]].min(), intensity[np.r_[car, ped]].max()
+    assert ((dense[len(xyz):, 3] >= lo - 1e-6) & (dense[len(xyz):, 3] <= hi + 1e-6)).all()
+    assert main(["densify", str(src), "-o", str(tmp_path / "out.ply"), "--mode", "full"]) == 0
+    ply = read_cloud(tmp_path / "out.ply")
+    assert ply.attributes["generated"].sum() == len(ply) - len(xyz)
+    assert main(["densify", str(tmp_path / "missing.bin"), "-o", str(tmp_path / "x.bin")]) == 2
+    assert "sspu: error:" in capsys.readouterr().err
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.integers(2, 40), st.sampled_from(["objects", "roi", "full"]),
+       st.integers(1, 30), st.booleans())
+def test_densify_invariants_on_random_scenes(seed, n_blobs, mode, cap, ground):
+    """Random blobs of random sizes: every densified point is owned by exactly one patch,
+    sources index the scan, generated points are finite, counts add up, one call."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 60, n_blobs)
+    centres = rng.uniform(-20, 20, (n_blobs, 3)) * [1, 1, 0.05]
+    xyz = np.vstack([c + rng.normal(0, rng.uniform(0.05, 0.5), (s, 3))
+                     for c, s in zip(centres, sizes, strict=True)]).astype(np.float32)
+    up = FakeUpsampler(patch_size=16)
+    params = load_config(overrides={"mode": mode, "patches.max_per_scan": cap,
+                                    "ground.enabled": ground, "patches.min_cluster_points": 2,
+                                    "roi.boxes": [-10, 10, -10, 10, -3, 3]})
+    r = densify_points(xyz, up, params)
+    assert len(up.calls) <= 1 and r.n_patches <= cap
+    assert r.n_groups + r.n_groups_capped == r.n_candidates <= r.n_clusters
+    if r.n_patches:
+        assert len(up.calls) == 1 and up.calls[0].shape == (r.n_patches, 16, 3)
+    assert np.unique(r.selected).size == r.selected.size == r.n_selected
+    assert r.generated.shape == (3 * r.n_selected - r.n_outliers, 3)
+    assert np.isfinite(r.generated).all()
+    assert r.sources.shape == (r.generated.shape[0], 3)
+    assert np.isin(r.sources[:, 0], r.selected).all()
+    assert r.sources.min(initial=0) >= 0 and r.sources.max(initial=0) < len(xyz)

@@ -1,0 +1,136 @@
+"""Ground removal and clustering of scans (sspu_ros.scan_segmentation)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial.distance import cdist
+
+from sspu_ros import scan_segmentation as seg
+from sspu_ros.scan_segmentation import (
+    cluster_boxes,
+    cluster_points,
+    ground_mask,
+    plausible_objects,
+)
+
+KITTI = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti" / "object"
+
+
+def _tilted_ground_and_box():
+    g = np.stack(np.meshgrid(np.arange(-20, 20, 0.5), np.arange(-20, 20, 0.5)), -1)
+    g = g.reshape(-1, 2)
+    ground = np.c_[g, 0.02 * g[:, 0] - 0.01 * g[:, 1] - 1.7]
+    b = np.stack(np.meshgrid(np.arange(5, 9, 0.1), np.arange(-1, 1, 0.1),
+                             np.arange(0.4, 1.6, 0.1)), -1).reshape(-1, 3)
+    box = b + [0, 0, -1.7 + 0.02 * 7]  # 0.4..1.6 m above the (tilted) ground
+    return np.vstack([ground, box]).astype(np.float32), len(ground)
+
+
+def test_ground_mask_tilted_plane_exact():
+    xyz, n_ground = _tilted_ground_and_box()
+    mask, plane = ground_mask(xyz, return_plane=True)
+    np.testing.assert_allclose(plane, [0.02, -0.01, -1.7], atol=1e-3)
+    assert mask[:n_ground].all() and not mask[n_ground:].any()
+
+
+def test_ground_mask_cell_covered_by_object_uses_plane():
+    # a 4x4 m block whose lowest points are 0.35 m up covers whole 2 m cells: those cells
+    # have no ground point, their minimum is off the plane, so the plane decides
+    xyz, n_ground = _tilted_ground_and_box()
+    g = np.stack(np.meshgrid(np.arange(-10, -6, 0.2), np.arange(-10, -6, 0.2)), -1)
+    block = np.c_[g.reshape(-1, 2), np.full(g.shape[0] * g.shape[1], -1.7 + 0.35)]
+    keep = ~((xyz[:, 0] >= -10) & (xyz[:, 0] < -6) & (xyz[:, 1] >= -10) & (xyz[:, 1] < -6))
+    pts = np.vstack([xyz[keep], block]).astype(np.float32)
+    mask = ground_mask(pts, max_deviation=0.3, height_threshold=0.25)
+    assert not mask[-block.shape[0]:].any()
+
+
+def test_ground_mask_empty():
+    assert ground_mask(np.zeros((0, 3), np.float32)).shape == (0,)
+
+
+def test_cluster_points_exact():
+    xyz = np.array([[0, 0, 0], [0.3, 0, 0], [0.6, 0.1, 0],  # chain, links < 0.4
+                    [2.0, 0, 0],                            # alone
+                    [5, 5, 1], [5, 5.35, 1]], np.float32)   # pair
+    labels, k = cluster_points(xyz, 0.4)
+    assert k == 3
+    assert labels[0] == labels[1] == labels[2]
+    assert labels[4] == labels[5]
+    assert len({labels[0], labels[3], labels[4]}) == 3
+
+
+def _check_single_linkage_bounds(xyz, tol, labels):
+    d = cdist(xyz, xyz)
+    # closer than tol: always the same cluster
+    i, j = np.nonzero(d < tol)
+    assert (labels[i] == labels[j]).all()
+    # same cluster: joined by a chain of links no longer than the voxel diagonal x2
+    _, coarse = connected_components(d <= 2 * np.sqrt(3) * tol + 1e-6, directed=False)
+    for c in np.unique(labels):
+        assert np.unique(coarse[labels == c]).size == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(*[st.floats(-3, 3, width=32)] * 3), min_size=1, max_size=60),
+       st.sampled_from([0.2, 0.5, 1.0]))
+def test_cluster_points_single_linkage_property(points, tol):
+    xyz = np.array(points, dtype=np.float32)
+    labels, k = cluster_points(xyz, tol)
+    assert labels.min() >= 0 and labels.max() == k - 1 and np.unique(labels).size == k
+    _check_single_linkage_bounds(xyz.astype(np.float64), tol, labels)
+
+
+def test_cluster_points_dense_and_sorted_paths_agree(monkeypatch):
+    rng = np.random.default_rng(0)
+    xyz = rng.uniform(-10, 10, (2000, 3)).astype(np.float32)
+    a, ka = cluster_points(xyz, 0.8)
+    monkeypatch.setattr(seg, "MAX_DENSE_CELLS", 0)
+    b, kb = cluster_points(xyz, 0.8)
+    assert ka == kb
+    # same partition: the label pairs are a bijection
+    assert np.unique(np.c_[a, b], axis=0).shape[0] == ka
+
+
+def test_cluster_points_rejects_bad_input():
+    with pytest.raises(ValueError, match="tolerance"):
+        cluster_points(np.zeros((3, 3)), 0.0)
+    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+        cluster_points(np.zeros((3, 2)), 0.5)
+    labels, k = cluster_points(np.zeros((0, 3)), 0.5)
+    assert labels.shape == (0,) and k == 0
+
+
+def test_cluster_boxes_and_plausible_objects():
+    xyz = np.array([[0, 0, 0], [4, 1, 1.5], [10, 10, 0], [10, 30, 2], [50, 50, 0]], float)
+    labels = np.array([0, 0, 1, 1, 2])
+    stats = cluster_boxes(xyz, labels, 3)
+    np.testing.assert_array_equal(stats.count, [2, 2, 1])
+    np.testing.assert_allclose(stats.extent, [[4, 1, 1.5], [0, 20, 2], [0, 0, 0]])
+    np.testing.assert_allclose(stats.centroid[0], [2, 0.5, 0.75])
+    ok = plausible_objects(stats, min_points=2, max_extent=12, max_height=4.5, min_height=0.1)
+    np.testing.assert_array_equal(ok, [True, False, False])  # too long / too few and flat
+
+
+@pytest.mark.skipif(not (KITTI / "velodyne" / "000010.bin").is_file(),
+                    reason=f"KITTI dev data not found at {KITTI} (../shared/data layout)")
+def test_kitti_ground_plane_below_sensor_and_cars_not_ground():
+    from sspu_ros.kitti import (
+        boxes_to_lidar,
+        points_in_boxes,
+        read_calib,
+        read_labels,
+        read_velodyne,
+    )
+
+    xyz = read_velodyne(KITTI / "velodyne" / "000010.bin")[:, :3]
+    mask, plane = ground_mask(xyz, return_plane=True)
+    assert -2.0 < plane[2] < -1.3 and abs(plane[0]) < 0.05 and abs(plane[1]) < 0.05
+    objs = read_labels(KITTI / "label_2" / "000010.txt")
+    inside = points_in_boxes(xyz, boxes_to_lidar(objs, read_calib(KITTI / "calib" / "000010.txt")))
+    # most points of the labelled objects survive ground removal
+    assert (~mask[inside >= 0]).mean() > 0.75
