@@ -47,21 +47,6 @@ def input_patch_bank(xyz: np.ndarray, patch_size: int = 256,
     return normalize_patches(patches.numpy())
 
 
-def _train_config(ckpt: dict, steps: int, batch_size: int | None, lr: float | None,
-                  device: str, seed: int):
-    from .config import default_parameters, load_config
-
-    known = default_parameters("train")
-    flat = {k: v for k, v in ckpt.get("config", {}).items() if k in known}
-    flat.update({"optim.steps": steps, "data.paths": [], "run.device": device,
-                 "run.seed": seed})
-    if batch_size is not None:
-        flat["optim.batch_size"] = batch_size
-    if lr is not None:
-        flat["optim.lr"] = lr
-    return load_config(None, flat, name="train")
-
-
 def adapt_generator(checkpoint: str | Path, xyz: np.ndarray, steps: int, *,
                     batch_size: int | None = None, lr: float | None = None,
                     n_patches: int | None = None, device: str = "auto", seed: int = 0,
@@ -79,13 +64,19 @@ def adapt_generator(checkpoint: str | Path, xyz: np.ndarray, steps: int, *,
         the adapted generator (eval mode, on CPU) and a summary: steps, patches, seconds,
         the first and last total loss.
     """
-    from .training.trainer import Trainer, load_checkpoint
+    from .training.trainer import Trainer, checkpoint_train_config, load_checkpoint
 
     if steps < 1:
         raise ValueError(f"adaptation needs >= 1 step, got {steps}")
     t0 = time.perf_counter()
     ckpt = load_checkpoint(checkpoint)
-    cfg = _train_config(ckpt, steps, batch_size, lr, device, seed)
+    overrides = {"optim.steps": steps, "data.paths": [], "run.device": device,
+                 "run.seed": seed}
+    if batch_size is not None:
+        overrides["optim.batch_size"] = batch_size
+    if lr is not None:
+        overrides["optim.lr"] = lr
+    cfg = checkpoint_train_config(ckpt, overrides)
     bank = input_patch_bank(xyz, cfg["data.patch_size"], n_patches)
     with tempfile.TemporaryDirectory(prefix="sspu_adapt_") as tmp:  # Trainer needs a folder
         trainer = Trainer(cfg, tmp, init=checkpoint, progress=False, patch_bank=bank)

@@ -241,6 +241,22 @@ def _bench_quality(args: argparse.Namespace) -> int:
         return 0
     if args.adapt:
         raise UsageError("--adapt is implemented for --suite pugan only")
+    extra = {}
+    if getattr(args, "ground", None) is not None:
+        if args.suite != "kitti-beams":
+            raise UsageError("--ground applies to --suite kitti-beams only")
+        extra["ground"] = args.ground
+    if getattr(args, "frames", None):
+        if args.suite != "kitti-beams":
+            raise UsageError("--frames applies to --suite kitti-beams only")
+        start, sep, stop = args.frames.partition(":")
+        try:
+            extra["frames"] = slice(int(start) if start else None, int(stop) if stop else None)
+        except ValueError:
+            raise UsageError(f"--frames expects A:B (e.g. 5: or 0:5), got {args.frames!r}") \
+                from None
+        if not sep:
+            raise UsageError(f"--frames expects A:B (e.g. 5: or 0:5), got {args.frames!r}")
     try:
         from . import lidar_benchmark
     except ImportError as e:
@@ -252,7 +268,8 @@ def _bench_quality(args: argparse.Namespace) -> int:
     if run is None or fmt is None:
         raise UsageError(f"--suite {args.suite}: sspu_ros.lidar_benchmark has no run_{kind}/"
                          f"format_{kind} yet")
-    result = run(data, args.model or [], out_dir=args.out, limit=args.limit, plot=args.plot)
+    result = run(data, args.model or [], out_dir=args.out, limit=args.limit, plot=args.plot,
+                 **extra)
     print(json.dumps(result, indent=2) if args.json else fmt(result))
     return 0
 
@@ -428,6 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quality (pugan): also score each .pt model adapted to every input "
                    "for STEPS self-supervised steps (a separate row with its time)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--frames", metavar="A:B",
+                   help="quality (kitti-beams): frames A..B-1 only (e.g. 5: = the later scans "
+                   "of a KITTI raw drive folder, which has no labels: front region only)")
+    p.add_argument("--ground", choices=["fixed", "plane"],
+                   help="quality (kitti-beams): above ground = z > -1.53 m (fixed, default) "
+                   "or > 0.2 m over a plane fitted to the 16-beam input (plane)")
     p.add_argument("--scans", type=int, default=50, help="speed: timed scans per source")
     p.add_argument("--rss-scans", type=int, default=1000,
                    help="speed: consecutive scans of the memory test (0 skips it)")

@@ -47,11 +47,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from scipy.spatial import cKDTree
 
-from .geometry import denormalize, farthest_point_sample, normalize_unit_sphere
-from .inference import _owners
 from .scan_segmentation import cluster_boxes, cluster_points, ground_mask, plausible_objects
 from .upsampler import Upsampler
 
@@ -115,156 +112,166 @@ def roi_mask(xyz: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 @dataclass
 class _Patches:
     idx: np.ndarray    # (B, P) int64 indices into the candidate points
-    real: np.ndarray   # (B, P) bool: False for padding (repeats of a small cluster)
+    rank: np.ndarray   # (B, P) owner priority of each entry (lowest wins, see _owners)
     group_patches: np.ndarray  # (G,) patches of each densified group, in batch order
 
 
-def _first_true(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(G, N) bool -> (G, M) column indices of each row's True entries (M = most True in a
-    row), rows padded with their first True column; and the (G,) counts."""
-    cnt = mask.sum(1)
-    cols = np.argsort(~mask, axis=1, kind="stable")[:, :int(cnt.max())]
-    pad = np.arange(cols.shape[1])[None] >= cnt[:, None]
-    return np.where(pad, cols[:, :1], cols), cnt
+def _split_large(xyz: np.ndarray, members: np.ndarray, group: np.ndarray, n_groups: int,
+                 patch_size: int, coverage: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Patches of the clusters larger than a patch, all clusters at once.
 
-
-def _split_large(xyz: np.ndarray, members: np.ndarray, n_members: np.ndarray, patch_size: int,
-                 coverage: float, max_rounds: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """Patches of clusters larger than a patch, all clusters batched.
-
-    Each round: FPS seeds among the cluster's points not yet placed
-    (``ceil(coverage * n / patch_size)``), every such point goes to its nearest seed
-    (Voronoi cells); a cell of at most ``patch_size`` points becomes a patch: its points
-    (nearest the seed first), filled up with the cluster's other points nearest the seed
-    (context). Points of larger cells wait for the next round. In the last round a large
-    cell's patch takes its ``patch_size`` points nearest the seed (the rest stay out).
+    **Chunks**: each cluster of m points is cut into ``q = ceil(max(1, coverage) * m /
+    patch_size)`` chunks of at most ``patch_size`` points by recursive equal-count
+    bisection (every round halves each chunk at the right quantile along its longest
+    axis, so chunks stay compact and q is the least possible number of patches).
+    **Context**: a chunk's patch is its points, then the cluster's other points nearest
+    the chunk's centroid up to ``patch_size`` (the generator sees the surroundings). One
+    k-d tree serves every cluster: each is centred and shifted along x by a multiple of a
+    span larger than any cluster, so nearest neighbours never cross clusters.
 
     Args:
-        xyz: (n, 3) candidate points; members: (G, Nmax) their indices per cluster, padded
-            with repeats; n_members: (G,) cluster sizes (all > patch_size).
+        xyz: (n, 3) candidate points; members: (L,) their indices, grouped by cluster
+            (contiguous runs, cluster rows ascending); group: (L,) cluster row of each, in
+            [0, n_groups); every cluster has more than ``patch_size`` points.
 
     Returns:
-        idx (T, patch_size) candidate indices and the (T,) cluster row of each patch.
+        idx (T, patch_size) candidate indices; rank (T, patch_size): the position of a
+        chunk's own point in its row, ``patch_size`` + position for context points (the
+        owner rule then gives every point to its own chunk); the (T,) cluster row of
+        each patch.
     """
-    g, nmax = members.shape
-    pts = np.asarray(xyz[members], dtype=np.float32)  # (G, Nmax, 3)
-    pts = pts - pts.mean(axis=1, keepdims=True)  # per-cluster origin: small float32 values
-    valid = np.arange(nmax)[None] < n_members[:, None]  # (G, Nmax)
-    open_ = valid.copy()  # not yet in a patch's cell
-    far = np.float32(1e12)  # pushes points outside the cell behind the cell's own points
-    out_idx, out_group = [], []
-    for rnd in range(max_rounds):
-        todo = np.flatnonzero(open_.any(1))
-        if todo.size == 0:
-            break
-        last = rnd == max_rounds - 1
-        cols, cnt = _first_true(open_[todo])  # (G', M) open points of each cluster
-        n_seeds = np.clip(np.ceil(coverage * cnt / patch_size), 1, cnt).astype(np.int64)
-        cand = np.take_along_axis(pts[todo], cols[..., None], 1)  # (G', M, 3)
-        seeds = farthest_point_sample(torch.from_numpy(cand), int(n_seeds.max())).numpy()
-        seed_ok = np.arange(seeds.shape[1])[None] < n_seeds[:, None]  # (G', S)
-        seed_xyz = np.take_along_axis(cand, seeds[..., None], 1)  # (G', S, 3)
-        # nearest seed: |c - s|^2 = |c|^2 - 2 c.s + |s|^2; |c|^2 does not change the argmin
-        d2 = np.einsum("gsd,gsd->gs", seed_xyz, seed_xyz)[:, None] \
-            - 2 * np.matmul(cand, seed_xyz.transpose(0, 2, 1))  # (G', M, S)
-        d2[~np.broadcast_to(seed_ok[:, None], d2.shape)] = np.inf
-        cell = d2.argmin(-1)  # (G', M) nearest seed of each open point
-        real = np.arange(cols.shape[1])[None] < cnt[:, None]
-        size = np.zeros(seed_ok.shape, np.int64)
-        np.add.at(size, (np.nonzero(real)[0], cell[real]), 1)
-        final = seed_ok & ((size <= patch_size) | last) & (size > 0)
-        rg, rs = np.nonzero(final)  # (T,) row in todo, seed slot
-        grp = todo[rg]
-        in_cell = np.zeros((rg.size, nmax), dtype=bool)  # (T, Nmax)
-        tt, mm = np.nonzero((cell[rg] == rs[:, None]) & real[rg])
-        in_cell[tt, cols[rg[tt], mm]] = True
-        sx = seed_xyz[rg, rs]  # (T, 3)
-        score = (pts * pts).sum(-1)[grp] + (sx * sx).sum(-1)[:, None] \
-            - 2 * np.matmul(pts[grp], sx[:, :, None])[..., 0]  # (T, Nmax) squared distance
-        score += np.where(in_cell, np.float32(0), far)
-        score[~valid[grp]] = np.inf
-        near = torch.from_numpy(score).topk(patch_size, dim=1, largest=False).indices.numpy()
-        placed = np.zeros_like(in_cell)
-        np.put_along_axis(placed, near, True, 1)
-        placed &= in_cell
-        pt, pj = np.nonzero(placed)
-        open_[grp[pt], pj] = False
-        out_idx.append(members[grp[:, None], near])
-        out_group.append(grp)
-    return np.concatenate(out_idx), np.concatenate(out_group)
+    p = patch_size
+    n_pts = members.size
+    pts = xyz[members]  # (L, 3) float32
+    m = np.bincount(group, minlength=n_groups)
+    q = np.minimum(np.maximum(np.ceil(max(coverage, 1.0) * m / p), np.ceil(m / p)), m)
+    c_n, c_q, c_g = m.astype(np.int64), q.astype(np.int64), np.arange(n_groups)
+    perm = np.arange(n_pts)  # points in chunk order (each chunk a contiguous run)
+    while (c_q > 1).any():
+        st = np.cumsum(c_n) - c_n
+        cid = np.repeat(np.arange(c_n.size), c_n)
+        cp = pts[perm]
+        axis = (np.maximum.reduceat(cp, st, axis=0) - np.minimum.reduceat(cp, st, axis=0)
+                ).argmax(1)  # (C,) longest side of each chunk
+        perm = perm[np.lexsort((cp[np.arange(n_pts), axis[cid]], cid))]
+        left_q = np.where(c_q > 1, c_q // 2, c_q)
+        left_n = c_n * left_q // c_q  # both halves hold at most their q * patch_size
+        sizes = np.stack([left_n, c_n - left_n], 1).reshape(-1)
+        qs = np.stack([left_q, c_q - left_q], 1).reshape(-1)
+        real = sizes > 0
+        c_n, c_q, c_g = sizes[real], qs[real], np.repeat(c_g, 2)[real]
+    n_chunks = c_n.size
+    st = np.cumsum(c_n) - c_n
+    chunk_of = np.empty(n_pts, dtype=np.int64)
+    chunk_of[perm] = np.repeat(np.arange(n_chunks), c_n)
+    centre = np.stack([np.bincount(group, weights=pts[:, c], minlength=n_groups)
+                       for c in range(3)], 1) / m[:, None]  # (G, 3) float64
+    local = pts - centre[group]
+    span = 2.0 * float(np.abs(local).max()) + 1.0
+    local[:, 0] += group * span  # cluster g lives around (g * span, 0, 0)
+    chunk_centre = np.stack([np.bincount(chunk_of, weights=local[:, c], minlength=n_chunks)
+                             for c in range(3)], 1) / c_n[:, None]
+    _, near = cKDTree(local, balanced_tree=False, compact_nodes=False).query(
+        chunk_centre, k=p)  # (T, P) in-cluster neighbours of each chunk's centre
+    near = near.reshape(n_chunks, p)
+    cols = np.arange(p)
+    own = perm[np.minimum(st[:, None] + cols, n_pts - 1)]  # (T, P) the chunk, then junk
+    own_ok = cols[None] < c_n[:, None]
+    cand = np.concatenate([own, near], 1)  # (T, 2P)
+    key = np.concatenate([np.where(own_ok, 0, 2),
+                          np.where(chunk_of[near] == np.arange(n_chunks)[:, None], 2, 1)], 1)
+    pick = np.argsort(key, axis=1, kind="stable")[:, :p]  # chunk points, then context
+    idx = np.take_along_axis(cand, pick, 1)
+    return members[idx], pick, c_g  # pick: own point j -> j (< n_t); context -> P + j
 
 
-def _build_patches(xyz: np.ndarray, labels: np.ndarray, counts: np.ndarray,
+def _build_patches(xyz: np.ndarray, order: np.ndarray, start: np.ndarray, counts: np.ndarray,
                    groups: np.ndarray, patch_size: int, coverage: float,
-                   max_patches: int) -> _Patches:
+                   max_patches: int, max_cluster_points: int) -> _Patches:
     """Patches of the clusters ``groups`` (in priority order) of the candidate points.
 
-    A cluster of at most ``patch_size`` points is one patch (its points, then repeats of
-    them); larger ones are split by :func:`_split_large`. Clusters are taken in priority
-    order; one whose patches do not fit in what is left of ``max_patches`` is skipped.
+    A cluster of at most ``patch_size`` points is ONE patch (its points, then repeats of
+    them: the generator sees only the object); larger ones get kNN patches from
+    :func:`_split_large` (``ceil(coverage * n / patch_size)`` compact chunks with their
+    nearest points as context). A cluster of more than ``max_cluster_points``
+    points (a near car: already dense) is densified from that many of its points, evenly
+    spaced in scan order (regular thinning of the scan pattern). Clusters are taken in
+    priority order; one whose patches do not fit in what is left of ``max_patches`` is
+    skipped, smaller ones after it still go in.
 
     Args:
-        xyz: (n, 3) candidate points; labels (n,) their cluster; counts (K,) cluster sizes.
+        xyz: (n, 3) candidate points; order (n,): candidate indices sorted by cluster,
+            start (K,) and counts (K,): each cluster's run in ``order``.
         groups: (G,) clusters to densify, highest priority first.
     """
     p = patch_size
     cols = np.arange(p)
-    order = np.argsort(labels, kind="stable")  # candidate indices grouped by cluster
-    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
     n = counts[groups]
     small = n <= p
-    rows, row_group = [], []
+    rows, ranks, row_group = [], [], []
     if small.any():  # one patch each: the points, then repeats of them
         gs = np.flatnonzero(small)
         rows.append(order[start[groups[gs]][:, None] + cols[None, :] % n[gs][:, None]])
+        ranks.append(np.broadcast_to(cols, rows[-1].shape))
         row_group.append(gs)
     if (~small).any():
         gl = np.flatnonzero(~small)
-        nmax = int(n[gl].max())
-        col = np.minimum(np.arange(nmax)[None], n[gl][:, None] - 1)
-        members = order[start[groups[gl]][:, None] + col]  # (GL, Nmax) padded with repeats
-        idx, grp = _split_large(xyz, members, n[gl], p, coverage)
+        nl = n[gl]
+        ml = np.minimum(nl, max(max_cluster_points, p + 1))  # points densified per cluster
+        grp = np.repeat(np.arange(gl.size), ml)  # (L,) cluster row, grouped
+        within = np.arange(grp.size) - np.repeat(np.cumsum(ml) - ml, ml)
+        within = within * nl[grp] // ml[grp]  # evenly spaced in scan order: regular thinning
+        members = order[start[groups[gl]][grp] + within]
+        idx, rank, g = _split_large(xyz, members, grp, gl.size, p, coverage)
         rows.append(idx)
-        row_group.append(gl[grp])
+        ranks.append(rank)
+        row_group.append(gl[g])
     if not rows:
-        return _Patches(np.zeros((0, p), np.int64), np.zeros((0, p), bool),
+        return _Patches(np.zeros((0, p), np.int64), np.zeros((0, p), np.int64),
                         np.zeros(0, np.int64))
     idx = np.concatenate(rows)
+    rank = np.concatenate(ranks)
     row_group = np.concatenate(row_group)
     per_group = np.bincount(row_group, minlength=groups.size)
+    # priority order: a cluster fits when the patches before it plus its own fit the
+    # budget; a skipped cluster does not use budget (one cheap step per cluster)
     kept = np.zeros(groups.size, dtype=bool)
     budget = max_patches
-    for gi, need in enumerate(per_group.tolist()):  # priority order; one step per cluster
-        if need <= budget:  # a cluster that does not fit is skipped, smaller ones still go
+    for gi, need in enumerate(per_group.tolist()):
+        if need <= budget:
             kept[gi] = True
             budget -= need
     keep_rows = kept[row_group]
     order_rows = np.argsort(row_group[keep_rows], kind="stable")  # batch in priority order
-    idx = idx[keep_rows][order_rows]
-    g_of_row = row_group[keep_rows][order_rows]
-    real = cols[None] < n[g_of_row][:, None]  # padding of small clusters is not real
-    return _Patches(idx, real, per_group[kept])
+    return _Patches(idx[keep_rows][order_rows], rank[keep_rows][order_rows], per_group[kept])
 
 
 def _select_groups(cxyz: np.ndarray, params: Mapping[str, Any], plane: np.ndarray | None):
     """Cluster the candidate points and pick the clusters to densify, nearest first.
 
-    Returns labels (n,), counts (K,), K, eligible cluster ids (priority order)."""
+    Returns K, the cluster order (n,) (candidate indices sorted by cluster), each
+    cluster's start (K,) and count (K,) in it, and the eligible cluster ids (priority
+    order)."""
     labels, k = cluster_points(cxyz, float(params["cluster.tolerance"]))
     stats = cluster_boxes(cxyz, labels, k)
-    eligible = stats.count >= int(params["patches.min_cluster_points"])
+    min_points = int(params["patches.min_cluster_points"])
     if params["mode"] == "objects":
-        eligible &= plausible_objects(
-            stats, min_points=int(params["patches.min_cluster_points"]),
+        ground_z = (None if plane is None
+                    else stats.centroid[:, :2] @ plane[:2] + plane[2])  # (K,) under each
+        eligible = plausible_objects(
+            stats, ground_z, min_points=min_points,
             max_extent=float(params["cluster.max_extent"]),
+            max_width=float(params["cluster.max_width"]),
             max_height=float(params["cluster.max_height"]),
-            min_height=float(params["cluster.min_height"]))
-        if plane is not None:  # objects stand on the ground: the base may not float
-            base = stats.lo[:, 2] - (stats.centroid[:, :2] @ plane[:2] + plane[2])
-            eligible &= base <= float(params["cluster.max_base_height"])
+            min_height=float(params["cluster.min_height"]),
+            min_top=float(params["cluster.min_top"]),
+            max_base_height=float(params["cluster.max_base_height"]))
+    else:
+        eligible = stats.count >= min_points
     groups = np.flatnonzero(eligible)
     dist = np.hypot(stats.centroid[groups, 0], stats.centroid[groups, 1])
-    return labels, stats.count, k, groups[np.argsort(dist, kind="stable")]
+    groups = groups[np.argsort(dist, kind="stable")]
+    return k, stats.order, stats.start, stats.count, groups
 
 
 def _empty(n_cropped_out: int, n_capped: int, **counts) -> DensifyResult:
@@ -315,19 +322,25 @@ def densify_points(xyz: np.ndarray, upsampler: Upsampler,
     if cand.size == 0:
         return _empty(n_out, n_capped, n_ground=n_ground)
     cxyz = pts[cand]
-    labels, counts, k, groups = _select_groups(cxyz, params, plane)
-    patches = _build_patches(cxyz, labels, counts, groups, upsampler.patch_size,
+    k, order, start, counts, groups = _select_groups(cxyz, params, plane)
+    patches = _build_patches(cxyz, order, start, counts, groups, upsampler.patch_size,
                              float(params["patches.coverage"]),
-                             int(params["patches.max_per_scan"]))
+                             int(params["patches.max_per_scan"]),
+                             int(params["patches.max_cluster_points"]))
     n_groups = int(patches.group_patches.size)
     counts_kw = dict(n_ground=n_ground, n_clusters=k, n_candidates=int(groups.size),
                      n_groups=n_groups, n_groups_capped=int(groups.size) - n_groups,
                      n_patches=int(patches.idx.shape[0]))
     if patches.idx.shape[0] == 0:
         return _empty(n_out, n_capped, **counts_kw)
-    normed, centroid, radius = normalize_unit_sphere(torch.from_numpy(cxyz[patches.idx]))
+    raw = cxyz[patches.idx]  # (B, P, 3) metres
+    centroid = raw.mean(axis=1, keepdims=True)  # (B, 1, 3)
+    normed = raw - centroid
+    radius = np.sqrt((normed * normed).sum(-1).max(axis=1))[:, None, None]  # (B, 1, 1)
+    radius = np.maximum(radius, np.float32(1e-12))
+    normed /= radius
     t1 = time.perf_counter()
-    dense = np.asarray(upsampler.upsample_patches(normed.numpy()), dtype=np.float32)
+    dense = np.asarray(upsampler.upsample_patches(normed), dtype=np.float32)
     t2 = time.perf_counter()
     b, p = patches.idx.shape
     r = int(upsampler.ratio)
@@ -335,7 +348,7 @@ def densify_points(xyz: np.ndarray, upsampler: Upsampler,
         raise ValueError(f"upsampler {upsampler.name} returned {dense.shape} for {b} patches "
                          f"of {p} points, expected {(b, r * p, 3)}")
     generated, sources, selected, n_outliers = _merge(
-        cxyz, normed, torch.from_numpy(dense), centroid, radius, patches, r, params)
+        cxyz, normed, dense, centroid, radius, patches, r, params)
     result = DensifyResult(generated, cand[sources], int(selected.size), n_out, n_capped,
                            n_outliers=n_outliers, selected=cand[selected], **counts_kw)
     t3 = time.perf_counter()
@@ -344,48 +357,74 @@ def densify_points(xyz: np.ndarray, upsampler: Upsampler,
     return result
 
 
-def _merge(cxyz: np.ndarray, normed: torch.Tensor, dense: torch.Tensor,
-           centroid: torch.Tensor, radius: torch.Tensor, patches: _Patches, ratio: int,
+def _owners(idx: np.ndarray, rank: np.ndarray, n: int
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The owner rule: every point takes its copies from the entry of lowest ``rank``
+    (ties: the earlier patch, then the earlier position). A small cluster's padding
+    repeats rank after the point's own entry, and context points rank after every chunk
+    point, so each point is owned by its own chunk / cluster patch.
+
+    Args:
+        idx: (B, P) point indices of each patch; rank: (B, P) int; n: number of points.
+
+    Returns:
+        selected (S,) points in some patch (ascending), their owner patch (S,) and
+        position in it (S,).
+    """
+    b, p = idx.shape
+    flat = b * p
+    code = rank.astype(np.int64) * flat + np.arange(flat, dtype=np.int64).reshape(b, p)
+    first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, idx.reshape(-1), code.reshape(-1))
+    sel = np.flatnonzero(first < np.iinfo(np.int64).max)
+    owner, pos = np.divmod(first[sel] % flat, p)
+    return sel, owner, pos
+
+
+def _merge(cxyz: np.ndarray, normed: np.ndarray, dense: np.ndarray, centroid: np.ndarray,
+           radius: np.ndarray, patches: _Patches, ratio: int,
            params: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Owner merge + outlier drop.
+    """Owner merge + outlier drop (numpy and one k-d tree; no torch threads).
 
     Args:
         cxyz: (n, 3) candidate points (metres).
         normed: (B, P, 3) unit-sphere patches; dense: (B, rP, 3) the upsampler's output;
-        centroid (B, 1, 3), radius (B, 1, 1): their normalization.
+        centroid (B, 1, 3), radius (B, 1, 1): their normalization; patches: the patches'
+        candidate indices (B, P) and owner ranks.
 
     Returns:
         generated (M, 3) float32, sources (M, N_SOURCES) candidate indices, selected
         (S,) candidate indices of the densified points, number of outliers dropped.
     """
     b, p, _ = normed.shape
-    owner, pos = _owners(torch.from_numpy(patches.idx), cxyz.shape[0])
-    sel = torch.nonzero(owner >= 0).squeeze(1)
-    ob, op = owner[sel], pos[sel]  # (S,) owner patch and position of each densified point
-    copies = dense.reshape(b, p, ratio, 3)[ob, op]  # (S, r, 3)
-    d2 = (copies - normed[ob, op][:, None]).square().sum(-1)  # (S, r)
-    keep_copy = torch.ones_like(d2, dtype=torch.bool).scatter_(1, d2.argmin(1, keepdim=True),
-                                                               False)
-    copies = copies[keep_copy].reshape(-1, ratio - 1, 3)  # (S, r-1, 3)
-    world = denormalize(copies, centroid[ob], radius[ob]).numpy()  # (S, r-1, 3) metres
-    sel = sel.numpy()
+    sel, ob, op = _owners(patches.idx, patches.rank, cxyz.shape[0])
     s = sel.size
+    copies = dense.reshape(b, p, ratio, 3)[ob, op]  # (S, r, 3)
+    diff = copies - normed[ob, op][:, None]
+    nearest = (diff * diff).sum(-1).argmin(1)  # (S,) the copy that is the point itself
+    keep_copy = np.arange(ratio)[None] != nearest[:, None]
+    copies = copies[keep_copy].reshape(s, ratio - 1, 3)
+    world = copies * radius[ob] + centroid[ob]  # (S, r-1, 3) metres
     # Local surface of each densified point: its k nearest densified neighbours (their
     # distance gives the local spacing; the 2 nearest are also intensity sources).
     k = int(params["outliers.k"])
     n_query = min(max(k, N_SOURCES - 1) + 1, s)
-    dist, nn = cKDTree(cxyz[sel]).query(cxyz[sel], k=n_query, workers=-1)
+    own = cxyz[sel]
+    dist, nn = cKDTree(own, balanced_tree=False, compact_nodes=False).query(own, k=n_query)
     dist, nn = dist.reshape(s, n_query), nn.reshape(s, n_query)  # column 0: the point
     src = sel[nn[:, :N_SOURCES]]
     if src.shape[1] < N_SOURCES:
         src = np.concatenate([src, np.repeat(src[:, :1], N_SOURCES - src.shape[1], 1)], 1)
     keep = np.isfinite(world).all(-1)  # (S, r-1)
     if params["outliers.enabled"]:
-        spacing = dist[:, min(k, n_query - 1)]  # (S,)
-        near = cxyz[sel[nn[:, :min(k, n_query - 1) + 1]]]  # (S, k+1, 3) point + k neighbours
-        diff = world[:, :, None, :] - near[:, None]  # (S, r-1, k+1, 3)
-        gap2 = np.einsum("sckd,sckd->sck", diff, diff).min(-1)  # (S, r-1) squared
-        limit = (float(params["outliers.max_distance"]) * spacing).astype(np.float32)
+        kk = min(k, n_query - 1)
+        spacing = dist[:, kk].astype(np.float32)  # (S,)
+        near = own[nn[:, :kk + 1]]  # (S, k+1, 3) point + k neighbours
+        gap2 = np.full(keep.shape, np.inf, dtype=np.float32)
+        for j in range(kk + 1):  # k+1 small steps, each over all (S, r-1) copies
+            d = world - near[:, None, j]
+            np.minimum(gap2, (d * d).sum(-1), out=gap2)
+        limit = np.float32(params["outliers.max_distance"]) * spacing
         keep &= gap2 <= (limit * limit)[:, None]
     generated = world[keep].astype(np.float32, copy=False)
     sources = np.broadcast_to(src[:, None, :], (s, ratio - 1, N_SOURCES))[keep]

@@ -21,3 +21,25 @@ def kitti_scans(data_dir) -> list[Path]:
     if not scans:
         pytest.skip(f"no KITTI .bin scans under {data_dir / 'kitti'}")
     return scans
+
+
+# A tiny light generator trained on one small shape: the shared test checkpoint.
+TINY_TRAIN_SETS = ["--set=model.preset=light", "--set=model.channels=16",
+                   "--set=data.patch_size=64", "--set=data.patches_per_shape=4",
+                   "--set=optim.batch_size=2", "--set=render.views=2",
+                   "--set=render.image_size=16"]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """checkpoint.pt of ``sspu train`` run 1 step with :data:`TINY_TRAIN_SETS` on 256
+    points of a torus knot (x4, 64-point patches, batch 2). Treat it as read-only."""
+    from sspu_ros.cli import main
+    from sspu_ros.cloud_io import write_cloud
+    from sspu_ros.sample_data import torus_knot_surface
+
+    d = tmp_path_factory.mktemp("tiny_checkpoint")
+    write_cloud(d / "shape.xyz", torus_knot_surface(256))
+    assert main(["train", "--data", str(d / "shape.xyz"), "--out", str(d / "run"),
+                 "--steps", "1", "--no-progress", *TINY_TRAIN_SETS]) == 0
+    return d / "run" / "checkpoint.pt"

@@ -270,3 +270,37 @@ def test_cli_export_fp16(models, tmp_path, capsys):
                  str(tmp_path / "h.onnx"), "--fp16"]) == 0
     out = capsys.readouterr().out
     assert "(fp16, x4, 64-point patches" in out and f"bound {PARITY_TOL_FP16:g}" in out
+
+
+@pytest.mark.parametrize("content", [b"hello, not a checkpoint\n", b"", b"PK\x03\x04junk",
+                                     "a torch file of another kind"])
+def test_a_pt_that_is_not_a_checkpoint_is_a_model_error(tmp_path, capsys, content):
+    bad = tmp_path / "bad.pt"
+    if isinstance(content, bytes):
+        bad.write_bytes(content)
+    else:
+        torch.save([1, 2, 3], bad)
+    with pytest.raises(ModelError, match=r"bad\.pt.*not an sspu_ros checkpoint"):
+        load_upsampler(str(bad), None, backend="torch")
+    cloud = tmp_path / "in.xyz"
+    np.savetxt(cloud, np.random.default_rng(0).random((64, 3)))
+    assert main(["upsample", str(cloud), "-o", str(tmp_path / "out.xyz"),
+                 "--model", str(bad), "--backend", "torch"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sspu: error: ") and "checkpoint" in err[0]
+
+
+def test_checkpoint_train_config_layers_defaults_checkpoint_and_overrides():
+    from sspu_ros.config import ConfigError, default_parameters
+    from sspu_ros.training.trainer import checkpoint_train_config
+
+    defaults = default_parameters("train")
+    ckpt = {"config": {"data.patch_size": 64, "optim.lr": 0.5, "no.such.key": 1}}
+    cfg = checkpoint_train_config(ckpt, {"optim.lr": 0.25, "data.paths": ["x.bag"]})
+    assert cfg["data.patch_size"] == 64          # from the checkpoint
+    assert cfg["optim.lr"] == 0.25               # overrides win
+    assert cfg["data.paths"] == ["x.bag"]
+    assert cfg["optim.steps"] == defaults["optim.steps"]   # the rest: defaults
+    assert checkpoint_train_config({}, {})["data.patch_size"] == defaults["data.patch_size"]
+    with pytest.raises(ConfigError, match="optim.lr"):
+        checkpoint_train_config(ckpt, {"optim.lr": "fast"})

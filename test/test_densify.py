@@ -136,6 +136,44 @@ def test_patch_cap_takes_nearest_clusters_that_fit():
     assert none.n_candidates == 0 and none.generated.shape == (0, 3) and len(up.calls) == 1
 
 
+def test_large_cluster_least_patches_compact_chunks_each_point_owned_by_its_chunk():
+    # a 10 m x 0.5 m x 1.5 m box surface with 700 points: ceil(700 / 64) = 11 patches
+    rng = np.random.default_rng(1)
+    box = rng.uniform(0, 1, (700, 3)) * [10.0, 0.5, 1.5] + [5.0, 5.0, -1.4]
+    xyz = np.vstack([_grid(np.arange(-2, 18, 0.25), np.arange(-2, 12, 0.25), -1.7),
+                     box]).astype(np.float32)
+    ids = np.arange(len(xyz) - 700, len(xyz))
+    up = FakeUpsampler(patch_size=64)
+    r = densify_points(xyz, up, load_config(overrides={"mode": "full"}))
+    assert r.n_groups == 1 and r.n_patches == 11
+    np.testing.assert_array_equal(np.sort(r.selected), ids)  # each point once
+    batch = up.calls[0]  # (11, 64, 3): no padding repeats, context fills the chunks
+    assert all(np.unique(b, axis=0).shape[0] == 64 for b in batch)
+    # chunks are compact: bisection along x cuts the 10 m box into ~0.9 m slabs; the fake
+    # copies move by 0.01 or 0.02 patch radii, so every patch radius is < 1.75 m (one patch
+    # over the whole box would have a radius > 5 m)
+    d = r.generated - xyz[r.sources[:, 0]]
+    shift = d[np.abs(d[:, 1:]).max(1) < 1e-5, 0]  # copies 1 and 2 (copy 3 is scaled)
+    assert shift.size == 2 * 700 and 0 < shift.min() and shift.max() < 0.035
+    # 2 x coverage: twice as many, smaller chunks (more context each)
+    r2 = densify_points(xyz, FakeUpsampler(patch_size=64),
+                        load_config(overrides={"mode": "full", "patches.coverage": 2.0}))
+    assert r2.n_patches == 22 and r2.n_selected == 700
+
+
+def test_max_cluster_points_thins_a_dense_cluster_evenly():
+    rng = np.random.default_rng(2)
+    box = rng.uniform(0, 1, (1000, 3)) * [4.0, 1.8, 1.5] + [8.0, -1.0, -1.4]
+    xyz = np.vstack([_grid(np.arange(0, 16, 0.25), np.arange(-5, 5, 0.25), -1.7),
+                     box]).astype(np.float32)
+    first = len(xyz) - 1000
+    r = densify_points(xyz, FakeUpsampler(patch_size=64),
+                       load_config(overrides={"patches.max_cluster_points": 250}))
+    assert r.n_patches == 4 and r.n_selected == 250  # ceil(250 / 64)
+    # every 4th point of the cluster, in scan order
+    np.testing.assert_array_equal(np.sort(r.selected), first + np.arange(0, 1000, 4))
+
+
 def test_crop_and_max_points_cap_keep_the_nearest():
     rng = np.random.default_rng(0)
     near = np.c_[rng.uniform(2, 4, (50, 2)), rng.uniform(-1, 1, 50)]
@@ -192,6 +230,44 @@ def test_kitti_000010_default_config_densifies_every_labelled_object():
         assert densified[inside == b].any(), f"object {b} ({objs[b].type}) not densified"
     # ground and walls stay out: far fewer points densified than the non-ground scan
     assert r.n_selected < 0.6 * (len(xyz) - r.n_ground)
+
+
+@pytest.mark.skipif(not (KITTI / "velodyne" / "000010.bin").is_file(),
+                    reason=f"KITTI dev data not found at {KITTI} (../shared/data layout)")
+def test_kitti_dev_frames_recall_and_patch_budget():
+    """All 5 dev frames, default config: every labelled vehicle / pedestrian / cyclist
+    inside the crop range with >= 5 non-ground points is densified, no cap is hit, and
+    far fewer clusters than the non-ground clusters are kept."""
+    from sspu_ros.kitti import (
+        boxes_to_lidar,
+        points_in_boxes,
+        read_calib,
+        read_labels,
+        read_velodyne,
+    )
+
+    params = load_config()
+    kinds = {"Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram"}
+    checked = 0
+    for scan in sorted((KITTI / "velodyne").glob("*.bin")):
+        label = KITTI / "label_2" / f"{scan.stem}.txt"
+        if not label.is_file():
+            continue
+        xyz = read_velodyne(scan)[:, :3]
+        objs = read_labels(label, classes=kinds)
+        boxes = boxes_to_lidar(objs, read_calib(KITTI / "calib" / f"{scan.stem}.txt"))
+        inside = points_in_boxes(xyz, boxes)
+        r = densify_points(xyz, FakeUpsampler(patch_size=256), params)
+        assert r.n_groups_capped == 0 and r.n_patches <= params["patches.max_per_scan"]
+        assert r.n_candidates < 0.4 * r.n_clusters
+        densified = np.zeros(len(xyz), bool)
+        densified[r.selected] = True
+        in_range = np.hypot(boxes[:, 0], boxes[:, 1]) + boxes[:, 3] / 2 < params["crop.max_range"]
+        for b in np.flatnonzero(in_range):
+            if (inside == b).sum() >= 5:
+                checked += 1
+                assert densified[inside == b].any(), f"{scan.stem} object {b} not densified"
+    assert checked >= 12
 
 
 def test_cli_densify_writes_bin_and_flagged_ply(tmp_path, capsys):

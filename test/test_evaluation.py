@@ -147,6 +147,7 @@ def test_cli_bench_quality_json(tiny_pugan, tmp_path, capsys):
     (["--data", "{tmp}", "--limit", "0"], "--limit must be >= 1"),
     (["--data", "{tmp}", "--adapt", "-1"], "--adapt must be >= 0"),
     (["--suite", "kitti-beams", "--adapt", "2"], "--adapt is implemented for --suite pugan"),
+    (["--suite", "lidar-sim", "--ground", "plane"], "--ground applies to --suite kitti-beams"),
 ])
 def test_cli_bench_quality_user_errors(tmp_path, capsys, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]

@@ -10,20 +10,10 @@ from sspu_ros.export import export_checkpoint
 from sspu_ros.sample_data import torus_knot_surface
 from sspu_ros.upsampler import GeneratorUpsampler, ModelError, OnnxUpsampler, load_upsampler
 
-TINY = ["--set=model.preset=light", "--set=model.channels=16", "--set=data.patch_size=64",
-        "--set=data.patches_per_shape=4", "--set=optim.batch_size=2", "--set=render.views=2",
-        "--set=render.image_size=16"]
-
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from sspu_ros.cloud_io import write_cloud
-
-    d = tmp_path_factory.mktemp("export")
-    write_cloud(d / "shape.xyz", torus_knot_surface(256))
-    assert main(["train", "--data", str(d / "shape.xyz"), "--out", str(d / "run"),
-                 "--steps", "1", "--no-progress", *TINY]) == 0
-    return d / "run" / "checkpoint.pt"
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint  # conftest.py: 1 step of sspu train, shared by the test files
 
 
 def test_export_writes_checked_onnx_with_metadata_and_parity(checkpoint, tmp_path):

@@ -61,6 +61,7 @@ def test_kitti_beams_smoke_one_frame(tmp_path):
     r = run_kitti_beams(DATA / "kitti", ["midpoint"], limit=1, out_dir=tmp_path)
     m = r["methods"]
     assert r["frames"] == ["000000"] and r["ring_spread_deg_max"] < 0.005
+    assert r["ground"] == "fixed"  # the GUIDE's convention is the default
     assert m[INPUT]["front_acc"] == 0.0 and m[INPUT]["objects_acc"] == 0.0  # a subset
     assert m[INPUT]["range_cover"] == 0.0 and m[INPUT]["range_mae"] is None
     # Interpolating between kept beams fills the dropped rows: more complete, mostly right.
@@ -94,3 +95,23 @@ def test_lidar_sim_smoke_one_scene():
 def test_unknown_ground_mode_is_refused(tmp_path):
     with pytest.raises(ValueError, match="ground must be 'plane' or 'fixed'"):
         run_kitti_beams(tmp_path, [], ground="flat")
+
+
+@pytest.mark.parametrize("argv, expected", [([], "fixed"), (["--ground", "plane"], "plane")])
+def test_cli_kitti_beams_ground_option(monkeypatch, capsys, argv, expected):
+    import inspect
+
+    import sspu_ros.lidar_benchmark as lb
+    from sspu_ros.cli import main
+
+    default = inspect.signature(lb.run_kitti_beams).parameters["ground"].default
+    seen = {}
+
+    def fake_run(data, models, *, ground=default, **kwargs):
+        seen["ground"] = ground
+        return {"fake": True}
+
+    monkeypatch.setattr(lb, "run_kitti_beams", fake_run)
+    monkeypatch.setattr(lb, "format_kitti_beams", lambda r: "table")
+    assert main(["bench", "quality", "--suite", "kitti-beams", *argv]) == 0
+    assert seen == {"ground": expected} and capsys.readouterr().out.strip() == "table"

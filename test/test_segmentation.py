@@ -112,8 +112,46 @@ def test_cluster_boxes_and_plausible_objects():
     np.testing.assert_array_equal(stats.count, [2, 2, 1])
     np.testing.assert_allclose(stats.extent, [[4, 1, 1.5], [0, 20, 2], [0, 0, 0]])
     np.testing.assert_allclose(stats.centroid[0], [2, 0.5, 0.75])
+    np.testing.assert_array_equal(stats.start, [0, 2, 4])
+    np.testing.assert_array_equal(stats.order, [0, 1, 2, 3, 4])
     ok = plausible_objects(stats, min_points=2, max_extent=12, max_height=4.5, min_height=0.1)
     np.testing.assert_array_equal(ok, [True, False, False])  # too long / too few and flat
+
+
+def test_footprint_is_orientation_free_and_exact_for_a_filled_rectangle():
+    # a 4 m x 1 m rectangle filled on a fine grid, rotated by 0 and 30 degrees
+    g = np.stack(np.meshgrid(np.linspace(-2, 2, 401), np.linspace(-0.5, 0.5, 101)), -1)
+    g = g.reshape(-1, 2)
+    a = np.deg2rad(30)
+    rot = g @ np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
+    xyz = np.r_[np.c_[g, np.zeros(len(g))], np.c_[rot + 50, np.ones(len(g))]]
+    labels = np.repeat([0, 1], len(g))
+    stats = cluster_boxes(xyz.astype(np.float32), labels, 2)
+    # sides of the equal-moment rectangle: sqrt(12 var) -> 4 (1 + 1/400) ~ 4.01, 1.02
+    np.testing.assert_allclose(stats.length, 4 * np.sqrt(1 + 2 / 400), rtol=2e-3)
+    np.testing.assert_allclose(stats.width, np.sqrt(1 + 2 / 100), rtol=2e-3)
+    assert stats.extent[1, 0] > 3.9 and stats.extent[1, 1] > 2.5  # the AABB is not
+
+
+def test_plausible_objects_geometric_tests_each_reject_one_cluster():
+    # 0 car, 1 flat curb, 2 hedge blob (wide), 3 canopy (floating), 4 low clutter,
+    # 5 tall building part; ground at z = -1.7 everywhere
+    boxes = [((0, 0, -1.6), (4.0, 1.8, 1.5)), ((10, 0, -1.6), (6.0, 0.3, 0.15)),
+             ((20, 0, -1.6), (5.0, 4.5, 1.5)), ((30, 0, 0.3), (3.0, 3.0, 1.0)),
+             ((40, 0, -1.6), (1.0, 1.0, 0.35)), ((50, 0, -1.6), (3.0, 1.0, 6.0))]
+    rng = np.random.default_rng(0)
+    pts = [lo + rng.uniform(0, 1, (200, 3)) * np.r_[size[:2], size[2]] - np.r_[size[:2], 0] / 2
+           for lo, size in boxes]
+    xyz = np.vstack(pts).astype(np.float32)
+    labels = np.repeat(np.arange(6), 200)
+    stats = cluster_boxes(xyz, labels, 6)
+    kw = dict(min_points=5, max_extent=12, max_width=3.0, max_height=4.5, min_height=0.3,
+              min_top=0.5, max_base_height=1.5)
+    ok = plausible_objects(stats, np.full(6, -1.7), **kw)
+    np.testing.assert_array_equal(ok, [True, False, False, False, False, False])
+    # without ground the top/base tests are off: the canopy and the low clutter pass
+    np.testing.assert_array_equal(plausible_objects(stats, None, **kw),
+                                  [True, False, False, True, True, False])
 
 
 @pytest.mark.skipif(not (KITTI / "velodyne" / "000010.bin").is_file(),

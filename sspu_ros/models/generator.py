@@ -34,7 +34,6 @@ from ..geometry import knn
 from .feature_extraction import DenseFeatureExtractor
 from .neighbor_expansion import ATTENTIONS, EXPANSIONS, NeighborExpansionUnit
 
-
 COORD_BASES = ("repeat", "interpolate")
 
 
@@ -56,7 +55,9 @@ class GeneratorConfig:
     or "interpolate" (a learned convex combination of the point and its r-1 nearest
     neighbours per copy, the NEU's Eq. (1) mixing done on coordinates; it starts as copy 0 =
     the point, copy j = the midpoint to neighbour j). interp_prior: the initial logit margin
-    of that start (the leak to the other neighbours is ~exp(-interp_prior)).
+    of that start (the leak to the other neighbours is ~exp(-interp_prior)). offsets: add
+    the head's free offsets to the base (False with "interpolate": every output point is a
+    convex combination of the point and its neighbours, so it cannot leave their hull).
     """
 
     ratio: int = 4
@@ -78,6 +79,7 @@ class GeneratorConfig:
     head_init_scale: float = 0.01
     coord_base: str = "repeat"
     interp_prior: float = 8.0
+    offsets: bool = True
 
     def __post_init__(self) -> None:
         if int(self.ratio) != self.ratio or self.ratio < 2:
@@ -86,6 +88,9 @@ class GeneratorConfig:
             raise ValueError(f"expansion must be one of {EXPANSIONS}, got {self.expansion!r}")
         if self.coord_base not in COORD_BASES:
             raise ValueError(f"coord_base must be one of {COORD_BASES}, got {self.coord_base!r}")
+        if not self.offsets and self.coord_base != "interpolate":
+            raise ValueError("offsets=False needs coord_base='interpolate' (else the output "
+                             "would be the input repeated)")
         if self.coord_base == "interpolate" and not self.neu_include_self:
             raise ValueError("coord_base='interpolate' needs neu_include_self=True")
         if self.attention not in ATTENTIONS:
@@ -157,12 +162,13 @@ class Generator(nn.Module):
         self.neu1 = NeighborExpansionUnit(cfg.channels, cfg.ratio, **unit_args)
         self.down = nn.Sequential(nn.Linear(cfg.ratio * cfg.channels, cfg.channels), nn.ReLU())
         self.neu2 = NeighborExpansionUnit(cfg.channels, cfg.ratio, **unit_args)
-        self.offset_head = nn.Sequential(
+        self.offset_head = None if not cfg.offsets else nn.Sequential(
             nn.Linear(cfg.channels, cfg.head_hidden), nn.ReLU(), nn.Linear(cfg.head_hidden, 3)
         )
-        with torch.no_grad():
-            self.offset_head[-1].weight.mul_(cfg.head_init_scale)
-            self.offset_head[-1].bias.zero_()
+        if self.offset_head is not None:
+            with torch.no_grad():
+                self.offset_head[-1].weight.mul_(cfg.head_init_scale)
+                self.offset_head[-1].bias.zero_()
         if cfg.coord_base == "interpolate":
             r = cfg.ratio
             self.mix_head = nn.Sequential(
@@ -212,7 +218,7 @@ class Generator(nn.Module):
         down = self.down(up1.reshape(b, n, -1))  # (B, N, C)
         up2 = self.neu2(down - features, neighbor_idx, seed_idx)  # (B, N, r, C)
         up = up1 + up2
-        offsets = self.offset_head(up)  # (B, N, r, 3)
+        offsets = self.offset_head(up) if self.cfg.offsets else 0.0  # (B, N, r, 3)
         if self.cfg.coord_base == "interpolate":
             weights = torch.softmax(self.mix_head(up) + self.mix_prior, dim=-1)  # (B, N, r, r)
             batch = torch.arange(b, device=xyz.device).view(b, 1, 1)

@@ -17,6 +17,7 @@ import csv
 import hashlib
 import json
 import os
+import pickle
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import Config
+from ..config import Config, default_parameters, load_config
 from ..losses import SSPULoss
 from ..models.generator import GeneratorConfig, build_generator
 from ..render import make_cameras, render_silhouettes
@@ -50,7 +51,7 @@ def generator_config(cfg: Mapping[str, Any]) -> GeneratorConfig:
     preset, with the parameters that are set (non-zero, not 'preset') on top."""
     over = {"ratio": cfg["model.ratio"], "expansion": cfg["model.expansion"],
             "head_init_scale": cfg["model.head_init_scale"],
-            "coord_base": cfg["model.coord_base"]}
+            "coord_base": cfg["model.coord_base"], "offsets": cfg["model.offsets"]}
     if cfg["model.channels"]:
         over["channels"] = cfg["model.channels"]
     if cfg["model.knn_k"]:
@@ -98,7 +99,18 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    """The checkpoint dict saved by :class:`Trainer`. Raises OSError when ``path`` cannot
+    be read and ValueError when it is not an sspu_ros checkpoint (any other file, also one
+    that is not a torch file at all)."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except OSError:
+        raise
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, AttributeError,
+            ImportError, IndexError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not an sspu_ros checkpoint (torch.load failed: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                         "give a checkpoint.pt written by `sspu train`") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path}: not an sspu_ros checkpoint (format {FORMAT_VERSION})")
     return ckpt
@@ -110,6 +122,17 @@ def load_generator(path: str | Path, map_location="cpu") -> tuple[torch.nn.Modul
     model = build_generator(GeneratorConfig(**ckpt["generator"]))
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt
+
+
+def checkpoint_train_config(ckpt: Mapping[str, Any], overrides: Mapping[str, Any]) -> Config:
+    """The training configuration to continue training ``ckpt`` with (``sspu finetune``,
+    ``--adapt``): the shipped ``train`` defaults, then the checkpoint's own parameters
+    (those the current schema still knows), then ``overrides`` (flat dotted names);
+    validated as a whole (ConfigError)."""
+    known = default_parameters("train")
+    flat = {k: v for k, v in ckpt.get("config", {}).items() if k in known}
+    flat.update(overrides)
+    return load_config(None, flat, name="train")
 
 
 class _Dist:
