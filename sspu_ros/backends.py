@@ -237,6 +237,9 @@ class OrtUpsampler(OnnxUpsampler):
         if threads < 0:
             raise ModelError(f"onnxruntime.threads must be >= 0 (0 = default), got {threads}")
         opts = ort.SessionOptions()
+        # the CPU arena keeps the largest batch's buffers and grows with every new batch
+        # size (patches per scan vary): measured +48 % RSS over 30 KITTI scans with it
+        opts.enable_cpu_mem_arena = False
         if threads:
             opts.intra_op_num_threads = int(threads)
         super().__init__(path, ratio, providers=usable, session_options=opts)
