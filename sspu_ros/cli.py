@@ -231,6 +231,9 @@ def _bench_quality(args: argparse.Namespace) -> int:
         raise UsageError(f"--limit must be >= 1, got {args.limit}")
     if args.adapt is not None and args.adapt < 0:
         raise UsageError(f"--adapt must be >= 0 steps, got {args.adapt}")
+    for option in ("frames", "ground"):
+        if getattr(args, option, None) is not None and args.suite != "kitti-beams":
+            raise UsageError(f"--{option} applies to --suite kitti-beams only")
     if args.suite == "pugan":
         from .evaluation import format_quality, run_quality
 

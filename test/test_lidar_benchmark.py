@@ -115,3 +115,23 @@ def test_cli_kitti_beams_ground_option(monkeypatch, capsys, argv, expected):
     monkeypatch.setattr(lb, "format_kitti_beams", lambda r: "table")
     assert main(["bench", "quality", "--suite", "kitti-beams", *argv]) == 0
     assert seen == {"ground": expected} and capsys.readouterr().out.strip() == "table"
+
+
+def test_kitti_frames_reads_a_raw_drive_without_labels(tmp_path):
+    from sspu_ros.lidar_benchmark import kitti_frames
+
+    data = tmp_path / "velodyne_points" / "data"
+    data.mkdir(parents=True)
+    for i in (1, 0):
+        np.zeros((4, 4), np.float32).tofile(data / f"{i:010d}.bin")
+    frames = kitti_frames(tmp_path)
+    assert [f[0].name for f in frames] == ["0000000000.bin", "0000000001.bin"]
+    assert all(f[1] is None and f[2] is None for f in frames)
+
+
+def test_bench_frames_option_is_checked(capsys):
+    from sspu_ros.cli import main
+
+    assert main(["bench", "quality", "--suite", "kitti-beams", "--frames", "x"]) == 2
+    assert "--frames expects A:B" in capsys.readouterr().err
+    assert main(["bench", "quality", "--suite", "pugan", "--frames", "5:"]) == 2
