@@ -245,21 +245,15 @@ def _bench_quality(args: argparse.Namespace) -> int:
     if args.adapt:
         raise UsageError("--adapt is implemented for --suite pugan only")
     extra = {}
-    if getattr(args, "ground", None) is not None:
-        if args.suite != "kitti-beams":
-            raise UsageError("--ground applies to --suite kitti-beams only")
+    if getattr(args, "ground", None) is not None:  # suites checked above
         extra["ground"] = args.ground
     if getattr(args, "frames", None):
-        if args.suite != "kitti-beams":
-            raise UsageError("--frames applies to --suite kitti-beams only")
-        start, sep, stop = args.frames.partition(":")
+        from .bags import parse_frames
+
         try:
-            extra["frames"] = slice(int(start) if start else None, int(stop) if stop else None)
-        except ValueError:
-            raise UsageError(f"--frames expects A:B (e.g. 5: or 0:5), got {args.frames!r}") \
-                from None
-        if not sep:
-            raise UsageError(f"--frames expects A:B (e.g. 5: or 0:5), got {args.frames!r}")
+            extra["frames"] = parse_frames(args.frames)
+        except ValueError as e:
+            raise UsageError(f"--frames expects A:B (e.g. 5: or 0:5): {e}") from None
     try:
         from . import lidar_benchmark
     except ImportError as e:
