@@ -498,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 CLI_EXTENSIONS: list[str] = [
-    "sspu_ros.tensorrt_engine",
+    "sspu_ros.cli_engine",
     "sspu_ros.cli_bags",
     "sspu_ros.cli_finetune",
     "sspu_ros.cli_densify",

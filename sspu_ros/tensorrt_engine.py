@@ -325,18 +325,3 @@ def cmd_build_engine(args) -> int:
           f"{patch_size}-point patches, GPU {toolkit.gpu_name()}) {state}: {cached.path}")
     print(f"key: {cached.key}")
     return 0
-
-
-def add_subcommands(sub) -> None:
-    p = sub.add_parser("build-engine", help="build the TensorRT engine of a model ahead of "
-                       "time (into the engine cache)")
-    p.add_argument("--model", help="model name or .pt/.onnx path (default: config 'model')")
-    p.add_argument("--fp16", action="store_true", help="FP16 engine (default: config "
-                   "tensorrt.precision)")
-    p.add_argument("--max-patches", type=int, help="largest batch of the optimization "
-                   "profile (default: config tensorrt.max_patches)")
-    p.add_argument("--cache-dir", help="engine cache folder (default: config "
-                   "tensorrt.cache_dir, else $SSPU_ENGINE_CACHE or ~/.cache/sspu_ros/engines)")
-    p.add_argument("--force", action="store_true", help="rebuild even when cached")
-    p.add_argument("--config", help="ROS 2 parameter YAML overriding the defaults")
-    p.set_defaults(func=cmd_build_engine, ratio=None)
