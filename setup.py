@@ -37,6 +37,7 @@ DEV_REQUIRES = [
     "pytest-timeout",
     "hypothesis>=6.100",
     "ruff",
+    "import-linter>=2.1",
     "colcon-core",
     "colcon-ros",
     "ros-ament-package",
@@ -82,8 +83,8 @@ setup(
     maintainer_email="sspu-ros@users.noreply.github.com",
     entry_points={
         "console_scripts": [
-            "sspu = sspu_ros.cli:main",
-            "upsample_node = sspu_ros.node:main",
+            "sspu = sspu_ros.cli.main:main",
+            "upsample_node = sspu_ros.ros.node:main",
         ],
     },
 )

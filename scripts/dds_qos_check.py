@@ -44,8 +44,8 @@ def _cloud_message():
     from sensor_msgs.msg import PointCloud2, PointField
     from std_msgs.msg import Header
 
-    from sspu_ros.pointcloud2 import encode_structured
-    from sspu_ros.ros_msgs import to_pointcloud2
+    from sspu_ros.io.pointcloud2 import encode_structured
+    from sspu_ros.io.pointcloud2_message import to_pointcloud2
 
     if KITTI_SCAN.is_file():
         xyzi = np.fromfile(KITTI_SCAN, dtype="<f4").reshape(-1, 4)

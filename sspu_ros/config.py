@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
+
+from .errors import ConfigError
 
 PACKAGE = "sspu_ros"
 SCHEMA_FILE = "upsample.schema.json"
@@ -30,12 +34,16 @@ DEFAULTS_FILE = "upsample.yaml"
 CONFIG_NAMES = ("upsample", "train")
 
 
-class ConfigError(ValueError):
-    """A parameter file or value is invalid; the message names the parameter, the value
-    and what is allowed."""
-
-
 # --------------------------------------------------------------------------- locating files
+
+
+def data_dir() -> Path:
+    """The dev/benchmark data: $SSPU_DATA, else ``../shared/data`` beside the repository
+    (``<repo>/../shared/data``; tests and benchmarks skip or say what is missing without)."""
+    env = os.environ.get("SSPU_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def find_config_dir() -> Path:
@@ -288,7 +296,7 @@ def _cross_checks(flat: Mapping[str, Any]) -> None:
                 f"{'at most' if equal_ok else 'smaller than'} '{hi}' = {_fmt(flat[hi])}"
             )
     if "roi.boxes" in flat:  # flat list, 6 numbers per box (ROS 2 cannot nest lists)
-        from .densify import roi_boxes
+        from .config import roi_boxes
 
         try:
             roi_boxes(flat["roi.boxes"])
@@ -407,3 +415,18 @@ def load_config(path: str | Path | None = None,
         if path is not None:
             raise ConfigError(f"{path}: {e}") from None
         raise
+
+
+def roi_boxes(values) -> np.ndarray:
+    """Flat ``roi.boxes`` (6 numbers per box: xmin, xmax, ymin, ymax, zmin, zmax) -> (K, 6)
+    float64. Raises ValueError when the length is not a multiple of 6 or a min >= max."""
+    flat = np.asarray(list(values), dtype=np.float64).reshape(-1)
+    if flat.size % 6:
+        raise ValueError(f"roi.boxes needs 6 numbers per box (xmin, xmax, ymin, ymax, zmin, "
+                         f"zmax), got {flat.size} numbers")
+    boxes = flat.reshape(-1, 6)
+    bad = np.flatnonzero((boxes[:, 0::2] >= boxes[:, 1::2]).any(axis=1))
+    if bad.size:
+        raise ValueError(f"roi.boxes box {int(bad[0])} = {boxes[bad[0]].tolist()}: each min "
+                         "must be smaller than its max (xmin, xmax, ymin, ymax, zmin, zmax)")
+    return boxes

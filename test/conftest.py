@@ -34,9 +34,9 @@ TINY_TRAIN_SETS = ["--set=model.preset=light", "--set=model.channels=16",
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """checkpoint.pt of ``sspu train`` run 1 step with :data:`TINY_TRAIN_SETS` on 256
     points of a torus knot (x4, 64-point patches, batch 2). Treat it as read-only."""
-    from sspu_ros.cli import main
-    from sspu_ros.cloud_io import write_cloud
-    from sspu_ros.sample_data import torus_knot_surface
+    from sspu_ros.cli.main import main
+    from sspu_ros.io.cloud_files import write_cloud
+    from sspu_ros.simulation.sample_surface import torus_knot_surface
 
     d = tmp_path_factory.mktemp("tiny_checkpoint")
     write_cloud(d / "shape.xyz", torus_knot_surface(256))

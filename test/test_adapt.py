@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from sspu_ros.adapt import adapt_generator, adapt_upsample, checkpoint_of, input_patch_bank
-from sspu_ros.cli import main
-from sspu_ros.cloud_io import read_cloud, write_cloud
-from sspu_ros.sample_data import torus_knot_surface
-from sspu_ros.upsampler import ModelError
+from sspu_ros.cli.main import main
+from sspu_ros.errors import ModelError
+from sspu_ros.io.cloud_files import read_cloud, write_cloud
+from sspu_ros.simulation.sample_surface import torus_knot_surface
+from sspu_ros.training.adapt import adapt_generator, adapt_upsample, checkpoint_of, input_patch_bank
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,8 @@ def test_input_patch_bank_is_fps_patches_of_the_input_normalized():
 
 
 def test_adapt_trains_a_copy_with_the_trainer_step(checkpoint, monkeypatch):
+    from sspu_ros.model.checkpoint import load_generator
     from sspu_ros.training import trainer as trainer_mod
-    from sspu_ros.training.trainer import load_generator
 
     calls = []
     real_step = trainer_mod.Trainer.train_step

@@ -9,21 +9,22 @@ import onnx
 import pytest
 import torch
 
-from sspu_ros.backends import (
+from sspu_ros.cli.main import main
+from sspu_ros.config import load_config
+from sspu_ros.errors import ModelError
+from sspu_ros.model.checkpoint import FORMAT_VERSION
+from sspu_ros.model.generator import GeneratorConfig, build_generator
+from sspu_ros.runtime.export import PARITY_TOL_FP16, export_checkpoint, real_patches
+from sspu_ros.runtime.loading import (
     Availability,
-    ModelFiles,
-    OrtUpsampler,
-    TorchUpsampler,
     choose_backend,
+    load_upsampler,
     probe_availability,
 )
-from sspu_ros.cli import main
-from sspu_ros.config import load_config
-from sspu_ros.export import PARITY_TOL_FP16, export_checkpoint, real_patches
-from sspu_ros.models.generator import GeneratorConfig, build_generator
-from sspu_ros.sample_data import torus_knot_surface
-from sspu_ros.training.trainer import FORMAT_VERSION
-from sspu_ros.upsampler import ModelError, load_upsampler
+from sspu_ros.runtime.model_files import ModelFiles
+from sspu_ros.runtime.onnx_backend import OrtUpsampler
+from sspu_ros.runtime.torch_backend import TorchUpsampler
+from sspu_ros.simulation.sample_surface import torus_knot_surface
 
 K, R = 64, 4
 HAVE_TRT = probe_availability().tensorrt
@@ -50,7 +51,7 @@ def models(tmp_path_factory):
 @pytest.fixture
 def shipped(models, monkeypatch):
     """Make `models` the shipped models folder (name 'tiny' -> tiny.pt / tiny.onnx)."""
-    import sspu_ros.upsampler as up
+    import sspu_ros.runtime.model_files as up
 
     monkeypatch.setattr(up, "models_dir", lambda: models)
     return models
@@ -170,7 +171,7 @@ def test_shipped_name_picks_the_file_per_backend(shipped):
 
 
 def test_pt_runs_on_onnxruntime_through_a_cached_export(models, tmp_path, monkeypatch):
-    import sspu_ros.export as export
+    import sspu_ros.runtime.export as export
 
     calls = []
     real_export = export.export_checkpoint
@@ -220,7 +221,7 @@ def test_config_drives_backend_and_options(models):
 
 
 def test_cli_backend_flag(models, tmp_path, capsys):
-    from sspu_ros.cloud_io import write_cloud
+    from sspu_ros.io.cloud_files import write_cloud
 
     write_cloud(tmp_path / "in.xyz", torus_knot_surface(300, seed=1))
     assert main(["upsample", str(tmp_path / "in.xyz"), "-o", str(tmp_path / "out.xyz"),
@@ -291,7 +292,8 @@ def test_a_pt_that_is_not_a_checkpoint_is_a_model_error(tmp_path, capsys, conten
 
 
 def test_checkpoint_train_config_layers_defaults_checkpoint_and_overrides():
-    from sspu_ros.config import ConfigError, default_parameters
+    from sspu_ros.config import default_parameters
+    from sspu_ros.errors import ConfigError
     from sspu_ros.training.trainer import checkpoint_train_config
 
     defaults = default_parameters("train")

@@ -14,19 +14,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sspu_ros.bags import (
+from sspu_ros.cli.main import main
+from sspu_ros.io.bags import (
     POINTCLOUD2,
     BagWriter,
     parse_frames,
     pointcloud2_message,
     read_kitti_timestamps,
     read_pointclouds,
-    restamp_cdr,
     typestore,
 )
-from sspu_ros.cli import main
-from sspu_ros.kitti import read_velodyne
-from sspu_ros.pointcloud2 import FLOAT32, UINT16, Field, fields_dtype
+from sspu_ros.io.kitti import read_velodyne
+from sspu_ros.io.pointcloud2 import FLOAT32, UINT16, Field, fields_dtype
+from sspu_ros.ros.bag_player import restamp_cdr
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = REPO.parent / "shared" / "data" / "kitti" / "raw_2011_09_26_drive_0001"
@@ -49,7 +49,7 @@ def _scan(rng, n=600):
 
 
 def _cloud_msg(xyz, fields, point_step, stamp_ns, *, bigendian=False):
-    from sspu_ros.pointcloud2 import EncodedCloud
+    from sspu_ros.io.pointcloud2 import EncodedCloud
 
     dt = fields_dtype(fields, point_step, bigendian)
     data = np.zeros(len(xyz) * point_step, np.uint8)
@@ -82,8 +82,8 @@ def _write_bag(path, scans, *, fields=ODD, point_step=22, storage=None, bigendia
 def _expected_generated(xyz) -> int:
     """Generated points the default config's densifier adds to one scan."""
     from sspu_ros.config import load_config
-    from sspu_ros.densify import densify_points
-    from sspu_ros.upsampler import load_upsampler
+    from sspu_ros.densify.densifier import densify_points
+    from sspu_ros.runtime.loading import load_upsampler
 
     cfg = load_config()
     return int(densify_points(xyz, load_upsampler(cfg["model"], cfg["ratio"]),
@@ -91,7 +91,7 @@ def _expected_generated(xyz) -> int:
 
 
 def _raw_messages(path):
-    from sspu_ros.bags import open_bag
+    from sspu_ros.io.bags import open_bag
 
     with open_bag(path) as r:
         return [(c.topic, t, bytes(raw)) for c, t, raw in r.messages()]

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from sspu_ros.baselines import midpoint_upsample
-from sspu_ros.sample_data import torus_knot_surface
+from sspu_ros.runtime.midpoint import midpoint_upsample
+from sspu_ros.simulation.sample_surface import torus_knot_surface
 
 
 def test_midpoints_of_a_hand_made_line():
@@ -61,7 +61,7 @@ def test_midpoint_sources_name_the_two_points_of_each_midpoint():
 
 # --------------------------------------------------------------------------- fps / MLS / Poisson
 
-from sspu_ros.baselines import (  # noqa: E402
+from sspu_ros.evaluation.baselines import (  # noqa: E402
     fps_extend,
     mls_quadric_project,
     mls_upsample,

@@ -2,13 +2,13 @@
 
 import numpy as np
 
-from sspu_ros.bench_speed import (
+from sspu_ros.cli.main import main
+from sspu_ros.evaluation.bench_speed import (
     find_scans,
     format_speed_benchmark,
     run_speed_benchmark,
     sample_scan,
 )
-from sspu_ros.cli import main
 
 
 def _tiny_kitti(tmp_path):

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sspu_ros.cli import build_parser, main
-from sspu_ros.cloud_io import read_cloud, write_cloud
+from sspu_ros.cli.main import build_parser, main
+from sspu_ros.io.cloud_files import read_cloud, write_cloud
 
 SUBCOMMANDS = ["upsample", "sample", "demo", "convert", "info", "config", "bench", "train",
                "export", "doctor", "build-engine", "kitti2bag", "densify-bag", "play",

@@ -8,7 +8,6 @@ import yaml
 
 from sspu_ros.config import (
     CONFIG_NAMES,
-    ConfigError,
     default_parameters,
     find_config_dir,
     flatten,
@@ -18,6 +17,7 @@ from sspu_ros.config import (
     unflatten,
     validate_parameter,
 )
+from sspu_ros.errors import ConfigError
 
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)

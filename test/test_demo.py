@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from sspu_ros.bags import read_pointclouds
-from sspu_ros.cli import main
-from sspu_ros.demo import INPUT_TOPIC, OUTPUT_TOPIC, START_NS, make_sample_recording
+from sspu_ros.cli.main import main
+from sspu_ros.io.bags import read_pointclouds
+from sspu_ros.ros.demo import INPUT_TOPIC, OUTPUT_TOPIC, START_NS, make_sample_recording
 
 
 def _rclpy_available() -> bool:

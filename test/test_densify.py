@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sspu_ros.config import ConfigError, load_config
-from sspu_ros.densify import crop_mask, densify_points, roi_boxes
-from sspu_ros.upsampler import load_upsampler
+from sspu_ros.config import load_config, roi_boxes
+from sspu_ros.densify.densifier import crop_mask, densify_points
+from sspu_ros.errors import ConfigError
+from sspu_ros.runtime.loading import load_upsampler
 
 KITTI = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti" / "object"
 
@@ -208,7 +209,7 @@ def test_roi_boxes_validation():
 @pytest.mark.skipif(not (KITTI / "velodyne" / "000010.bin").is_file(),
                     reason=f"KITTI dev data not found at {KITTI} (../shared/data layout)")
 def test_kitti_000010_default_config_densifies_every_labelled_object():
-    from sspu_ros.kitti import (
+    from sspu_ros.io.kitti import (
         boxes_to_lidar,
         points_in_boxes,
         read_calib,
@@ -238,7 +239,7 @@ def test_kitti_dev_frames_recall_and_patch_budget():
     """All 5 dev frames, default config: every labelled vehicle / pedestrian / cyclist
     inside the crop range with >= 5 non-ground points is densified, no cap is hit, and
     far fewer clusters than the non-ground clusters are kept."""
-    from sspu_ros.kitti import (
+    from sspu_ros.io.kitti import (
         boxes_to_lidar,
         points_in_boxes,
         read_calib,
@@ -271,8 +272,8 @@ def test_kitti_dev_frames_recall_and_patch_budget():
 
 
 def test_cli_densify_writes_bin_and_flagged_ply(tmp_path, capsys):
-    from sspu_ros.cli import main
-    from sspu_ros.cloud_io import read_cloud, write_cloud
+    from sspu_ros.cli.main import main
+    from sspu_ros.io.cloud_files import read_cloud, write_cloud
 
     xyz, car, ped = _scene()
     intensity = np.linspace(0, 1, len(xyz), dtype=np.float32)

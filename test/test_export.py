@@ -5,10 +5,13 @@ import numpy as np
 import onnx
 import pytest
 
-from sspu_ros.cli import main
-from sspu_ros.export import export_checkpoint
-from sspu_ros.sample_data import torus_knot_surface
-from sspu_ros.upsampler import GeneratorUpsampler, ModelError, OnnxUpsampler, load_upsampler
+from sspu_ros.cli.main import main
+from sspu_ros.errors import ModelError
+from sspu_ros.runtime.export import export_checkpoint
+from sspu_ros.runtime.loading import load_upsampler
+from sspu_ros.runtime.onnx_backend import OnnxUpsampler
+from sspu_ros.runtime.torch_backend import GeneratorUpsampler
+from sspu_ros.simulation.sample_surface import torus_knot_surface
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +59,10 @@ def test_foreign_onnx_is_refused_with_the_fix(tmp_path):
 
 
 def test_generator_benchmark_reports_both_runtimes():
-    from sspu_ros.bench_generator import format_generator_benchmark, run_generator_benchmark
+    from sspu_ros.evaluation.bench_generator import (
+        format_generator_benchmark,
+        run_generator_benchmark,
+    )
 
     r = run_generator_benchmark(batches=(2,), repeats=1, presets=("light",))
     (row,) = r["rows"]

@@ -7,11 +7,11 @@ import pytest
 import torch
 import yaml
 
-from sspu_ros.bags import POINTCLOUD2, BagWriter, pointcloud2_message
-from sspu_ros.cli import main
+from sspu_ros.cli.main import main
 from sspu_ros.config import load_config
-from sspu_ros.finetune import PatchRecorder, distinct_fraction, node_patches, thin_beams
-from sspu_ros.pointcloud2 import encode_structured
+from sspu_ros.io.bags import POINTCLOUD2, BagWriter, pointcloud2_message
+from sspu_ros.io.pointcloud2 import encode_structured
+from sspu_ros.training.finetune import PatchRecorder, distinct_fraction, node_patches, thin_beams
 
 PATCH = 64
 
@@ -78,8 +78,8 @@ def test_thin_beams_keeps_every_kth_ring():
 
 def test_node_patches_are_the_densifiers_inputs(bag):
     """The recorded patches are exactly what densify_points hands an upsampler."""
-    from sspu_ros.bags import read_pointclouds
-    from sspu_ros.densify import densify_points
+    from sspu_ros.densify.densifier import densify_points
+    from sspu_ros.io.bags import read_pointclouds
 
     params = load_config()
     bank, info = node_patches(bag, "/points", params, ratio=4, patch_size=PATCH,
@@ -121,7 +121,7 @@ def test_finetune_two_steps_writes_checkpoint_onnx_and_manifest(bag, init_ckpt, 
 
 
 def test_finetune_time_budget_stops(bag, init_ckpt, tmp_path):
-    from sspu_ros.finetune import finetune
+    from sspu_ros.training.finetune import finetune
 
     m = finetune(bag, "/points", init_ckpt, tmp_path / "ft", minutes=0.005, export=False,
                  train_overrides={"optim.batch_size": 2}, progress=False, command=["x"])

@@ -5,19 +5,21 @@ import numpy as np
 import pytest
 import torch
 
-from sspu_ros.models import (
-    DenseEdgeBlock,
+from sspu_ros.model.feature_extraction import DenseEdgeBlock
+from sspu_ros.model.generator import (
     GeneratorConfig,
-    NeighborExpansionUnit,
     build_generator,
     count_flops,
     count_macs,
     count_parameters,
     export_onnx,
+)
+from sspu_ros.model.neighbor_expansion import (
+    ExpandedSelfAttention,
+    NeighborExpansionUnit,
     grid_codes,
     neighbor_interpolation,
 )
-from sspu_ros.models.neighbor_expansion import ExpandedSelfAttention
 
 
 def small_config(**overrides) -> GeneratorConfig:

@@ -1,4 +1,4 @@
-"""Tests for sspu_ros.geometry: hand-computable cases first, then brute-force comparisons."""
+"""Tests for sspu_ros.geometry.knn: hand-computable cases first, then brute-force comparisons."""
 
 import io
 import warnings
@@ -8,24 +8,22 @@ import pytest
 import torch
 from scipy.spatial import cKDTree
 
-from sspu_ros import geometry
-from sspu_ros.geometry import (
-    ball_query,
+from sspu_ros.geometry import knn as geometry_knn
+from sspu_ros.geometry import sampling as geometry_sampling
+from sspu_ros.geometry.knn import gather_points, knn, square_distance
+from sspu_ros.geometry.patches import (
     denormalize,
     extract_patches,
-    farthest_point_sample,
-    gather_points,
-    knn,
     normalize_unit_sphere,
     seed_count,
-    square_distance,
 )
+from sspu_ros.geometry.sampling import ball_query, farthest_point_sample
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 FPS_IMPLEMENTATIONS = {
     "public": lambda xyz, s, start: farthest_point_sample(xyz, s),
-    "numpy": geometry._fps_numpy,
-    "torch": geometry._fps_torch,
+    "numpy": geometry_sampling._fps_numpy,
+    "torch": geometry_sampling._fps_torch,
 }
 
 
@@ -148,15 +146,15 @@ def test_knn_default_chunking_follows_memory_budget(monkeypatch):
     pts = torch.rand(2, 60, 3)
     whole = knn(pts, pts, 3, exclude_self=True)
     calls = []
-    real_block = geometry._knn_block
+    real_block = geometry_knn._knn_block
 
     def counting_block(query, *args):
         calls.append(query.shape[1])
         return real_block(query, *args)
 
     # A budget of 10 rows: B * N * 4 bytes per row = 480 bytes.
-    monkeypatch.setattr(geometry, "CHUNK_BUDGET_BYTES", 4800)
-    monkeypatch.setattr(geometry, "_knn_block", counting_block)
+    monkeypatch.setattr(geometry_knn, "CHUNK_BUDGET_BYTES", 4800)
+    monkeypatch.setattr(geometry_knn, "_knn_block", counting_block)
     chunked = knn(pts, pts, 3, exclude_self=True)
     assert calls == [10] * 6
     assert torch.equal(chunked[1], whole[1])
@@ -285,8 +283,8 @@ def test_fps_numpy_and_torch_paths_agree_float32_with_duplicates():
     xyz = torch.rand(2, 300, 3)
     xyz[:, 150:] = xyz[:, :150]  # every point twice
     start = torch.tensor([0, 17])
-    a = geometry._fps_numpy(xyz, 300, start)
-    b = geometry._fps_torch(xyz, 300, start)
+    a = geometry_sampling._fps_numpy(xyz, 300, start)
+    b = geometry_sampling._fps_torch(xyz, 300, start)
     assert torch.equal(a, b)
     for row in a:  # all N selected: distinct indices, a permutation
         assert sorted(row.tolist()) == list(range(300))
@@ -307,7 +305,7 @@ def test_fps_start_options_and_errors():
     assert not torch.equal(draws[0][:, 0], draws[2][:, 0])
     for b in range(4):  # each row is FPS started at that row's random start
         start = draws[0][b : b + 1, 0]
-        assert torch.equal(geometry._fps_torch(xyz[b : b + 1], 10, start)[0], draws[0][b])
+        assert torch.equal(geometry_sampling._fps_torch(xyz[b : b + 1], 10, start)[0], draws[0][b])
     assert farthest_point_sample(xyz, 0).shape == (4, 0)
     assert farthest_point_sample(xyz, 50)[0].sort().values.tolist() == list(range(50))
     with pytest.raises(ValueError, match="n_samples"):
@@ -407,7 +405,7 @@ def test_device_agnostic(device):
         *normalize_unit_sphere(pts),
     ]
     if device == "meta":
-        results.append(geometry._fps_torch(pts, 8, torch.zeros(2, dtype=torch.long)))
+        results.append(geometry_sampling._fps_torch(pts, 8, torch.zeros(2, dtype=torch.long)))
     else:
         results.append(farthest_point_sample(pts, 8, start="random"))
         results.extend(extract_patches(pts[0], 4, 16))

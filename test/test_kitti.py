@@ -1,4 +1,4 @@
-"""Tests of sspu_ros.kitti: calibration, labels, LiDAR boxes, and the real dev frames."""
+"""Tests of sspu_ros.io.kitti: calibration, labels, LiDAR boxes, and the real dev frames."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sspu_ros.cloud_io import CloudFileError
-from sspu_ros.kitti import (
+from sspu_ros.errors import CloudFileError
+from sspu_ros.io.kitti import (
     KittiCalib,
     KittiObject,
     box_corners,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sspu_ros.config import parameter_specs
-from sspu_ros.node import INPUT_TOPIC, OUTPUT_TOPIC
+from sspu_ros.ros.node import INPUT_TOPIC, OUTPUT_TOPIC
 
 LAUNCH = Path(__file__).resolve().parents[1] / "launch" / "upsample.launch.py"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sspu_ros.lidar_rings import recover_rings
-from sspu_ros.lidar_sim import (
+from sspu_ros.geometry.beams import recover_rings
+from sspu_ros.simulation.lidar_sim import (
     Scene,
     SceneObject,
     box_mesh,
@@ -57,7 +57,7 @@ def _brute_force_ranges(scene: Scene, step_deg: float) -> np.ndarray:
 def test_culled_casting_equals_brute_force_all_rays_all_triangles():
     # A car-like mesh close by (large angular triangles: subdivided) and a cylinder across
     # the ±180° azimuth wrap behind the sensor.
-    from sspu_ros.lidar_sim import _car_mesh
+    from sspu_ros.simulation.lidar_sim import _car_mesh
 
     car = SceneObject("car", *_car_mesh(4.5, 1.8, 1.6), np.array([3.5, 1.0, -1.73]), 0.6)
     pole = SceneObject("pole", *cylinder_mesh(0.4, 3.0, 12), np.array([-6.0, 0.0, -1.73]))

@@ -28,16 +28,16 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from std_msgs.msg import Float64, Header  # noqa: E402
 
-from sspu_ros.kitti import (  # noqa: E402
+from sspu_ros.io.kitti import (  # noqa: E402
     boxes_to_lidar,
     points_in_boxes,
     read_calib,
     read_labels,
     read_velodyne,
 )
-from sspu_ros.node import DEBUG_TOPICS, DIAGNOSTIC_NAME  # noqa: E402
-from sspu_ros.pointcloud2 import GENERATED_FIELD, decode, encode_structured  # noqa: E402
-from sspu_ros.ros_msgs import to_pointcloud2  # noqa: E402
+from sspu_ros.io.pointcloud2 import GENERATED_FIELD, decode, encode_structured  # noqa: E402
+from sspu_ros.io.pointcloud2_message import to_pointcloud2  # noqa: E402
+from sspu_ros.ros.node import DEBUG_TOPICS, DIAGNOSTIC_NAME  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 KITTI = REPO.parent / "shared" / "data" / "kitti" / "object"
@@ -96,7 +96,7 @@ def test_node_process_densifies_live_kitti_scans(live_env, tmp_path):
     t_launch = time.monotonic()
     with open(log, "w") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sspu_ros.node", "--ros-args",
+            [sys.executable, "-m", "sspu_ros.ros.node", "--ros-args",
              "-r", f"~/input/pointcloud:={INPUT}", "-r", f"~/output/pointcloud:={OUTPUT}"],
             stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     ctx = rclpy.Context()

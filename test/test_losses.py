@@ -1,4 +1,4 @@
-"""Tests of sspu_ros.losses: hand-computed cases first, then brute-force comparisons."""
+"""Tests of sspu_ros.model.losses: hand-computed cases first, then brute-force comparisons."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from sspu_ros import losses
-from sspu_ros.losses import (
+from sspu_ros.model import losses
+from sspu_ros.model.losses import (
     SSPULoss,
     auction_assignment,
     chamfer_directions,

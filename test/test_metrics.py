@@ -3,12 +3,8 @@
 import numpy as np
 import pytest
 
-from sspu_ros.metrics import (
-    MeshDistance,
-    chamfer_hausdorff,
-    closest_points_on_triangles,
-    normalize_unit_sphere_np,
-)
+from sspu_ros.evaluation.metrics import chamfer_hausdorff, normalize_unit_sphere_np
+from sspu_ros.geometry.mesh_distance import MeshDistance, closest_points_on_triangles
 
 TRI = np.array([[0.0, 0, 0], [2, 0, 0], [0, 2, 0]])
 
@@ -65,8 +61,8 @@ def test_mesh_distance_equals_all_triangles_on_a_closed_mesh():
 
 
 def test_cd_hd_by_brute_force_on_a_real_shape(data_dir):
-    from sspu_ros.baselines import midpoint_upsample
-    from sspu_ros.cloud_io import read_cloud
+    from sspu_ros.io.cloud_files import read_cloud
+    from sspu_ros.runtime.midpoint import midpoint_upsample
 
     inp = sorted((data_dir / "pugan-dev" / "input").glob("*.xyz"))[0]
     x = read_cloud(inp).xyz

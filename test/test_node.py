@@ -16,9 +16,9 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from sspu_ros.node import create_node, main  # noqa: E402
-from sspu_ros.pointcloud2 import GENERATED_FIELD, decode, encode_structured  # noqa: E402
-from sspu_ros.ros_msgs import to_pointcloud2  # noqa: E402
+from sspu_ros.io.pointcloud2 import GENERATED_FIELD, decode, encode_structured  # noqa: E402
+from sspu_ros.io.pointcloud2_message import to_pointcloud2  # noqa: E402
+from sspu_ros.ros.node import create_node, main  # noqa: E402
 
 
 def _scan(n=400, seed=0) -> np.ndarray:
@@ -45,7 +45,7 @@ def graph():
                            QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
     from std_msgs.msg import Float64
 
-    from sspu_ros.node import DEBUG_TOPICS
+    from sspu_ros.ros.node import DEBUG_TOPICS
 
     debug = {name: [] for name in DEBUG_TOPICS}
     for name in DEBUG_TOPICS:
@@ -238,7 +238,7 @@ def test_processing_errors_are_counted_and_do_not_raise():
         def boom(*args):
             raise RuntimeError("upsampler exploded")
 
-        import sspu_ros.node as node_module
+        import sspu_ros.ros.node as node_module
 
         original = node_module.densify_points
         node_module.densify_points = boom
@@ -299,7 +299,7 @@ def test_sigint_shuts_down_cleanly():
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "sspu_ros.node", "--ros-args", "-p",
+    proc = subprocess.Popen([sys.executable, "-m", "sspu_ros.ros.node", "--ros-args", "-p",
                              "process_without_subscribers:=true"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=_node_env())

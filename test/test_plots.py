@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("matplotlib", reason="matplotlib not installed (pip install -e '.[eval]')")
 
-from sspu_ros.plots import plot_metrics, plot_shapes  # noqa: E402
+from sspu_ros.evaluation.plots import plot_metrics, plot_shapes
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -32,8 +32,8 @@ def test_empty_shape_list_is_an_error(tmp_path):
 
 
 def test_bench_quality_plot_writes_figures(tmp_path):
-    from sspu_ros.cloud_io import write_cloud
-    from sspu_ros.evaluation import run_quality
+    from sspu_ros.evaluation.pugan_suite import run_quality
+    from sspu_ros.io.cloud_files import write_cloud
 
     root = tmp_path / "pugan"
     gt = _cloud(800, 0)

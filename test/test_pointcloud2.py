@@ -1,4 +1,4 @@
-"""Tests of the ROS-free PointCloud2 codec (:mod:`sspu_ros.pointcloud2`).
+"""Tests of the ROS-free PointCloud2 codec (:mod:`sspu_ros.io.pointcloud2`).
 
 Messages are plain ``SimpleNamespace`` objects; the expected values are packed and unpacked
 with :mod:`struct`, independently of the codec's numpy dtypes.
@@ -18,8 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sspu_ros import pointcloud2 as pc
-from sspu_ros.pointcloud2 import (
+from sspu_ros.errors import PointCloudFormatError
+from sspu_ros.io import pointcloud2 as pc
+from sspu_ros.io.pointcloud2 import (
     FLOAT32,
     FLOAT64,
     GENERATED_FIELD,
@@ -32,7 +33,6 @@ from sspu_ros.pointcloud2 import (
     DecodedCloud,
     EncodedCloud,
     Field,
-    PointCloudFormatError,
     decode,
     encode_densified,
     encode_structured,
@@ -806,7 +806,7 @@ def test_kitti_scan_round_trip(path):
 def test_module_does_not_import_ros():
     import subprocess
 
-    code = ("import sys, sspu_ros.pointcloud2, sspu_ros.ros_msgs; "
+    code = ("import sys, sspu_ros.io.pointcloud2, sspu_ros.io.pointcloud2_message; "
             "bad = [m for m in sys.modules if m.split('.')[0] in "
             "('rclpy', 'sensor_msgs', 'std_msgs', 'rosbags', 'scipy')]; "
             "assert not bad, bad")
@@ -819,7 +819,11 @@ def test_field_size_and_math():
 
 
 def test_codec_benchmark_smoke(tmp_path):
-    from sspu_ros.bench_codec import _synthetic_scan, format_codec_benchmark, run_codec_benchmark
+    from sspu_ros.evaluation.bench_codec import (
+        _synthetic_scan,
+        format_codec_benchmark,
+        run_codec_benchmark,
+    )
 
     scan = _synthetic_scan(3000)
     assert scan.shape == (3000, 4) and scan.dtype == np.float32 and np.isfinite(scan).all()

@@ -1,4 +1,4 @@
-"""Ground removal and clustering of scans (sspu_ros.scan_segmentation)."""
+"""Ground removal and clustering of scans (sspu_ros.densify.segmentation)."""
 
 from pathlib import Path
 
@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import cdist
 
-from sspu_ros import scan_segmentation as seg
-from sspu_ros.scan_segmentation import (
+from sspu_ros.densify import segmentation as seg
+from sspu_ros.densify.segmentation import (
     cluster_boxes,
     cluster_points,
     ground_mask,
@@ -157,7 +157,7 @@ def test_plausible_objects_geometric_tests_each_reject_one_cluster():
 @pytest.mark.skipif(not (KITTI / "velodyne" / "000010.bin").is_file(),
                     reason=f"KITTI dev data not found at {KITTI} (../shared/data layout)")
 def test_kitti_ground_plane_below_sensor_and_cars_not_ground():
-    from sspu_ros.kitti import (
+    from sspu_ros.io.kitti import (
         boxes_to_lidar,
         points_in_boxes,
         read_calib,

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from sspu_ros.cli import main
-from sspu_ros.cloud_io import write_cloud
+from sspu_ros.cli.main import main
 from sspu_ros.config import load_config
-from sspu_ros.sample_data import torus_knot_surface
+from sspu_ros.io.cloud_files import write_cloud
+from sspu_ros.model.checkpoint import load_checkpoint, load_generator
+from sspu_ros.simulation.sample_surface import torus_knot_surface
 from sspu_ros.training.data import (
     PatchOptions,
     augment,
@@ -21,7 +22,7 @@ from sspu_ros.training.data import (
     remove_ground,
     sample_mesh,
 )
-from sspu_ros.training.trainer import Trainer, load_checkpoint, load_generator
+from sspu_ros.training.trainer import Trainer
 
 # A tiny but complete configuration (all four loss terms, the DRU, the NEU) for fast tests.
 TINY = {"model.channels": 16, "model.attention": "local", "model.knn_k": 4,
@@ -61,7 +62,6 @@ def test_remove_ground_keeps_objects_above_a_sloped_ground():
 
 
 def test_patch_bank_from_files_and_meshes(shapes, tmp_path):
-    from sspu_ros.cloud_io import read_mesh  # noqa: F401 - mesh path exercised via .off
     off = tmp_path / "tet.off"
     off.write_text("OFF\n4 4 0\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n3 0 1 2\n3 0 1 3\n3 0 2 3\n3 1 2 3\n")
     bank = build_patch_bank([shapes, off], PatchOptions(patch_size=32, patches_per_shape=5,
@@ -147,7 +147,7 @@ def test_patch_bank_from_a_rosbag2_pointcloud_topic(tmp_path, storage):
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
-    from sspu_ros.pointcloud2 import encode_structured
+    from sspu_ros.io.pointcloud2 import encode_structured
 
     ts = get_typestore(Stores.ROS2_HUMBLE)
     pc2, pf = ts.types["sensor_msgs/msg/PointCloud2"], ts.types["sensor_msgs/msg/PointField"]

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cloud_io import CloudFileError, read_cloud, read_mesh
-from ..surface_sampling import sample_triangles
+from ..errors import CloudFileError
+from ..geometry.knn_numpy import nearest_neighbors
+from ..geometry.surface_sampling import sample_triangles
+from ..io.cloud_files import read_cloud, read_mesh
 
 MESH_EXTENSIONS = (".off",)
 CLOUD_EXTENSIONS = (".xyz", ".txt", ".pts", ".ply", ".pcd", ".npy")
@@ -90,12 +92,10 @@ def cloud_patches(xyz: np.ndarray, n_patches: int, patch_size: int,
         (P, patch_size, 3) float32, *not* normalized (P <= n_patches; patches whose radius
         exceeds ``max_radius`` are dropped).
     """
-    from scipy.spatial import cKDTree
-
     if len(xyz) < patch_size:
         return np.empty((0, patch_size, 3), np.float32)
     seeds = xyz[rng.choice(len(xyz), size=min(n_patches, len(xyz)), replace=False)]
-    _, idx = cKDTree(xyz).query(seeds, k=patch_size)
+    _, idx = nearest_neighbors(xyz, seeds, k=patch_size)
     patches = xyz[idx]
     if max_radius is not None:
         radius = np.linalg.norm(patches - patches.mean(1, keepdims=True), axis=2).max(1)
@@ -151,7 +151,7 @@ def discover(paths: Iterable[str | Path]) -> list[Path]:
 
 def _bag_scans(path: Path, topic: str | None, every: int) -> Iterator[np.ndarray]:
     """(N, 3) float32 xyz of every ``every``-th PointCloud2 message of ``topic`` in a bag."""
-    from ..bags import read_pointclouds
+    from ..io.bags import read_pointclouds
 
     for item in read_pointclouds(path, topic, every=every):
         yield item.cloud.xyz

@@ -17,7 +17,6 @@ import csv
 import hashlib
 import json
 import os
-import pickle
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -28,13 +27,13 @@ import numpy as np
 import torch
 
 from ..config import Config, default_parameters, load_config
-from ..losses import SSPULoss
-from ..models.generator import GeneratorConfig, build_generator
-from ..render import make_cameras, render_silhouettes
+from ..model.checkpoint import FORMAT_VERSION, load_checkpoint, load_generator
+from ..model.generator import GeneratorConfig, build_generator
+from ..model.losses import SSPULoss
+from ..model.rendering import make_cameras, render_silhouettes
 from .data import PatchOptions, augment, build_patch_bank
 
 CHECKPOINT = "checkpoint.pt"
-FORMAT_VERSION = 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,32 +95,6 @@ def save_atomic(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """The checkpoint dict saved by :class:`Trainer`. Raises OSError when ``path`` cannot
-    be read and ValueError when it is not an sspu_ros checkpoint (any other file, also one
-    that is not a torch file at all)."""
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except OSError:
-        raise
-    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, AttributeError,
-            ImportError, IndexError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not an sspu_ros checkpoint (torch.load failed: "
-                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                         "give a checkpoint.pt written by `sspu train`") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: not an sspu_ros checkpoint (format {FORMAT_VERSION})")
-    return ckpt
-
-
-def load_generator(path: str | Path, map_location="cpu") -> tuple[torch.nn.Module, dict]:
-    """The trained generator of a checkpoint (eval mode) and the checkpoint dict."""
-    ckpt = load_checkpoint(path, map_location)
-    model = build_generator(GeneratorConfig(**ckpt["generator"]))
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), ckpt
 
 
 def checkpoint_train_config(ckpt: Mapping[str, Any], overrides: Mapping[str, Any]) -> Config:

@@ -1,0 +1,103 @@
+"""``sspu finetune``: fine-tune a generator on a recorded bag (no ground truth).
+
+Thin wrapper over :func:`sspu_ros.training.finetune.finetune`; registered through
+``COMMAND_MODULES`` in :mod:`sspu_ros.cli.main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..errors import UsageError
+    from ..io.bags import parse_frames
+    from ..training.finetune import finetune
+    from .common import _parse_sets
+
+    if args.minutes is None and args.steps is None:
+        args.minutes = 10.0
+    if args.minutes is not None and args.minutes <= 0:
+        raise UsageError(f"--minutes must be > 0, got {args.minutes}")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    if not 0.0 <= args.min_distinct <= 1.0:
+        raise UsageError(f"--min-distinct must be in [0, 1], got {args.min_distinct}")
+    if args.every < 1 or args.beam_stride < 1:
+        raise UsageError("--every and --beam-stride must be >= 1")
+    try:
+        frames = parse_frames(args.frames)
+    except ValueError as e:
+        raise UsageError(f"--frames: {e}") from None
+    overrides = _parse_sets(args.set)
+    if args.batch_size is not None:
+        overrides["optim.batch_size"] = args.batch_size
+    if args.lr is not None:
+        overrides["optim.lr"] = args.lr
+    if args.device is not None:
+        overrides["run.device"] = args.device
+    params = load_config(args.config)
+    m = finetune(args.bag, args.topic, args.init, args.out, minutes=args.minutes,
+                 steps=args.steps, frames=frames, every=args.every,
+                 beam_stride=args.beam_stride, min_distinct=args.min_distinct, params=params,
+                 train_overrides=overrides,
+                 export=not args.no_export, command=_command(args),
+                 progress=not args.no_progress)
+    t, d = m["training"], m["data"]
+    loss = t["loss_last"].get("total")
+    print(f"sspu finetune: {d['patches']} node patches from {d['scans']} scan(s) "
+          f"(frames {d['frames_used'][0]}..{d['frames_used'][1]}) of {d['topic']}; "
+          f"{t['steps']} steps in {t['wall_seconds']:.1f} s on {m['machine']['device']}, "
+          f"loss {t['loss_first']} -> {loss}")
+    onnx = f", {m['onnx']['path']}" if "onnx" in m else ""
+    print(f"sspu finetune: wrote {args.out}/checkpoint.pt{onnx}, {args.out}/model.yaml")
+    return 0
+
+
+def _command(args: argparse.Namespace) -> list[str]:
+    """The equivalent ``sspu finetune`` command line of the parsed arguments."""
+    cmd = ["sspu", "finetune"]
+    for name in ("bag", "topic", "init", "out", "minutes", "steps", "frames", "config",
+                 "batch_size", "lr", "device"):
+        value = getattr(args, name)
+        if value is not None:
+            cmd += [f"--{name.replace('_', '-')}", str(value)]
+    for name, default in (("every", 1), ("beam_stride", 1), ("min_distinct", 0.5)):
+        if getattr(args, name) != default:
+            cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    for item in args.set or []:
+        cmd += ["--set", item]
+    if args.no_export:
+        cmd.append("--no-export")
+    return cmd
+
+
+def add_subcommands(sub) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a generator on a recorded bag (self-supervised)")
+    p.add_argument("--bag", required=True, help="rosbag2 folder / .db3 / .mcap or ROS 1 .bag")
+    p.add_argument("--topic", default=None,
+                   help="PointCloud2 topic (default: the bag's first PointCloud2 topic)")
+    p.add_argument("--init", required=True, help="checkpoint .pt to start from")
+    p.add_argument("--out", required=True, help="new output folder")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="training wall-time budget (default 10 when --steps is not given)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    p.add_argument("--frames", default=None,
+                   help="scans A:B of the topic (0-based, B excluded), e.g. 0:5")
+    p.add_argument("--every", type=int, default=1, help="use every n-th selected scan")
+    p.add_argument("--beam-stride", type=int, default=1,
+                   help="keep every k-th laser ring of KITTI-ordered scans (4: 64 -> 16 beams)")
+    p.add_argument("--min-distinct", type=float, default=0.5,
+                   help="skip node patches with fewer distinct points than this fraction "
+                        "(padded small clusters); 0 keeps all")
+    p.add_argument("--config", default=None,
+                   help="node parameter YAML: the crop/selection that makes the patches")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="training parameter over the checkpoint's configuration")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda or auto")
+    p.add_argument("--no-export", action="store_true", help="skip the ONNX export")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_finetune)

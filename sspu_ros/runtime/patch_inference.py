@@ -1,0 +1,126 @@
+"""The standard patch protocol of point-cloud upsampling, for any patch generator.
+
+normalize the shape -> FPS seeds (24 for 2048 points) -> each seed's 256 nearest points
+form a patch, normalized to the unit sphere -> upsample every patch in ONE batched call ->
+de-normalize -> merge -> exactly r·N points.
+
+Two merges:
+- ``"fps"`` (the PU-GAN protocol): pool every generated point of every patch, FPS to r·N
+  (or, with ``keep_input``, the N inputs plus FPS of the pool to (r−1)·N). FPS favours
+  isolated points, so one patch's stray output outweighs the others' agreement.
+- ``"owner"`` (default): every input point takes its r generated copies from the one patch
+  in which it lies closest to the seed (where the generator saw the most context around
+  it); points no first-round patch covers get patches of their own. With ``keep_input`` the
+  copy nearest the input point is replaced by the input point itself.
+The generator's output order is assumed to be copy-major per point: row ``i·r + j`` is
+copy ``j`` of input point ``i`` (true of :class:`sspu_ros.model.generator.Generator`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ..geometry.knn import knn
+from ..geometry.patches import denormalize, extract_patches, normalize_unit_sphere, seed_count
+from ..geometry.sampling import farthest_point_sample
+
+PatchFn = Callable[[torch.Tensor], torch.Tensor]  # (P, K, 3) -> (P, rK, 3)
+MERGES = ("owner", "fps")
+
+
+def _owners(idx: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every point, the patch where it has the lowest rank (distance order to the
+    seed) and that rank; -1 for points in no patch.
+
+    Args:
+        idx: (P, K) point indices of each patch, sorted by distance to the seed.
+    Returns:
+        owner (n,), position (n,) int64.
+    """
+    p, k = idx.shape
+    rank = torch.arange(k).expand(p, k).reshape(-1)
+    order = torch.argsort(rank, stable=True)  # lowest rank first, ties by patch
+    point = idx.reshape(-1)[order]
+    patch = torch.arange(p)[:, None].expand(p, k).reshape(-1)[order]
+    first = torch.full((n,), p * k, dtype=torch.long)
+    first.scatter_reduce_(0, point, torch.arange(p * k), reduce="amin")
+    owner = torch.full((n,), -1, dtype=torch.long)
+    pos = torch.zeros(n, dtype=torch.long)
+    seen = first < p * k
+    owner[seen] = patch[first[seen]]
+    pos[seen] = rank[order][first[seen]]
+    return owner, pos
+
+
+def _covering_patches(shape: torch.Tensor, n_patches: int, k: int,
+                      max_rounds: int = 8) -> torch.Tensor:
+    """(N, 3) -> (P, K) patch indices such that every point is in some patch."""
+    _, idx = extract_patches(shape, n_patches, k)
+    n = shape.shape[0]
+    for _ in range(max_rounds):
+        covered = torch.zeros(n, dtype=torch.bool)
+        covered[idx.reshape(-1)] = True
+        missing = torch.nonzero(~covered).squeeze(1)
+        if missing.numel() == 0:
+            break
+        extra = max(1, min(missing.numel(), seed_count(missing.numel(), k)))
+        seeds = missing[farthest_point_sample(shape[missing][None], extra)[0]]
+        _, more = knn(shape[seeds][None], shape[None], k)
+        idx = torch.cat([idx, more[0]])
+    return idx
+
+
+def upsample_with_patches(xyz: np.ndarray | torch.Tensor, patch_fn: PatchFn, ratio: int, *,
+                          patch_size: int = 256, n_patches: int | None = None,
+                          keep_input: bool = False, merge: str = "owner") -> np.ndarray:
+    """Upsample one cloud with a patch generator.
+
+    Args:
+        xyz: (N, 3) finite points, N >= 2.
+        patch_fn: (P, K, 3) unit-sphere patches -> (P, r·K, 3) unit-sphere patches.
+        ratio: r.
+        patch_size: K (clipped to N).
+        n_patches: FPS seeds; default :func:`seed_count` (24 for 2048 points).
+        keep_input: the N input points come first, unchanged.
+        merge: "owner" or "fps" (see the module docstring).
+
+    Returns:
+        (r·N, 3) float32.
+    """
+    if merge not in MERGES:
+        raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
+    pts = torch.as_tensor(np.asarray(xyz, dtype=np.float32))
+    n = pts.shape[0]
+    if pts.dim() != 2 or pts.shape[1] != 3 or n < 2:
+        raise ValueError(f"expected (N >= 2, 3) points, got shape {tuple(pts.shape)}")
+    shape, centroid, radius = normalize_unit_sphere(pts[None])
+    k = min(patch_size, n)
+    p = n_patches or max(1, min(n, seed_count(n, k)))
+    if merge == "owner":
+        idx = _covering_patches(shape[0], p, k)
+    else:
+        _, idx = extract_patches(shape[0], p, k)
+    normed, pc, pr = normalize_unit_sphere(shape[0][idx])  # (P, K, 3)
+    with torch.no_grad():
+        dense = denormalize(patch_fn(normed), pc, pr)  # (P, rK, 3) in shape coordinates
+    if merge == "owner":
+        owner, pos = _owners(idx, n)
+        copies = dense.reshape(idx.shape[0], k, ratio, 3)[owner, pos]  # (N, r, 3)
+        if keep_input:
+            d2 = (copies - shape[0][:, None]).square().sum(-1)  # (N, r)
+            drop = d2.argmin(1, keepdim=True)
+            keep = torch.ones_like(d2, dtype=torch.bool).scatter_(1, drop, False)
+            generated = copies[keep].reshape(1, -1, 3)
+        else:
+            generated = copies.reshape(1, -1, 3)
+    else:
+        merged = dense.reshape(1, -1, 3)
+        target = ratio * n - (n if keep_input else 0)
+        if merged.shape[1] < target:  # too few patches to cover r·N: pad by repetition
+            merged = merged.repeat(1, -(-target // merged.shape[1]), 1)
+        generated = merged[:, farthest_point_sample(merged, target)[0]]
+    out = denormalize(generated, centroid, radius)[0].numpy().astype(np.float32)
+    return np.concatenate([pts.numpy(), out]) if keep_input else out
