@@ -48,7 +48,7 @@ def _scan(rng, n=600):
     return np.vstack([ground, box]).astype(np.float32)
 
 
-def _cloud_msg(xyz, fields, point_step, stamp_ns, *, bigendian=False):
+def _cloud_msg(xyz, fields, point_step, stamp_ns, *, bigendian=False, store=None):
     from sspu_ros.io.pointcloud2 import EncodedCloud
 
     dt = fields_dtype(fields, point_step, bigendian)
@@ -61,20 +61,19 @@ def _cloud_msg(xyz, fields, point_step, stamp_ns, *, bigendian=False):
     enc = EncodedCloud(fields=fields, height=1, width=len(xyz), point_step=point_step,
                        row_step=len(xyz) * point_step, is_bigendian=bigendian, is_dense=True,
                        data=data)
-    return pointcloud2_message(enc, stamp_ns=stamp_ns, frame_id="lidar")
+    return pointcloud2_message(enc, stamp_ns=stamp_ns, frame_id="lidar", store=store)
 
 
 def _write_bag(path, scans, *, fields=ODD, point_step=22, storage=None, bigendian=False):
     """A bag with /points (PointCloud2, the given layout) and /note (std_msgs/String)."""
-    ts = typestore()
-    string = ts.types["std_msgs/msg/String"]
     with BagWriter(path, storage=storage) as w:
+        string = w.store.types["std_msgs/msg/String"]
         pc = w.add_connection("/points", POINTCLOUD2)
         note = w.add_connection("/note", "std_msgs/msg/String")
         for i, xyz in enumerate(scans):
             stamp = 1_000_000_000 + i * 100_000_000
             w.write_msg(pc, stamp, _cloud_msg(xyz, fields, point_step, stamp,
-                                              bigendian=bigendian))
+                                              bigendian=bigendian, store=w.store))
             w.write_msg(note, stamp + 1, string(data=f"note {i}"))
     return path
 
@@ -282,3 +281,196 @@ def test_play_then_record_round_trip(tmp_path):
     # recorded at receive time, spaced roughly as played (0.1 s / rate 4)
     gaps = np.diff([g.timestamp for g in got]) / 1e9
     assert (gaps > 0.005).all() and (gaps < 0.5).all()
+
+
+# --------------------------------------------------------------------------- real ROS 1 bags
+
+# A type only the bag defines (as a vendor driver's status message), with a ROS 1 Header.
+STATUS_MSG = """std_msgs/Header header
+uint8 mode
+string firmware
+float32[] temperatures
+"""
+STATUS = "luminar_msgs/msg/Status"
+
+
+def _ros1_store():
+    """ROS 1 Noetic definitions (std_msgs/Header with seq) plus the bag-only type."""
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    store = get_typestore(Stores.ROS1_NOETIC)
+    store.register(get_types_from_msg(STATUS_MSG, STATUS))
+    return store
+
+
+def _ros1_header(store, i, stamp_ns):
+    time_t = store.types["builtin_interfaces/msg/Time"]
+    return store.types["std_msgs/msg/Header"](
+        seq=i, stamp=time_t(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9), frame_id="lidar")
+
+
+def _write_ros1_bag(path, scans):
+    """What a ROS 1 driver records: /points (PointCloud2, ROS 1 Header with seq), /status
+    (a type defined only by the bag's connection header), /rosout-like /note (String)."""
+    from rosbags.rosbag1 import Writer
+
+    from sspu_ros.io.pointcloud2 import EncodedCloud
+
+    store = _ros1_store()
+    with Writer(path) as w:
+        pc = w.add_connection("/points", POINTCLOUD2, typestore=store, callerid="/driver")
+        st = w.add_connection("/status", STATUS, typestore=store, latching=1)
+        note = w.add_connection("/note", "std_msgs/msg/String", typestore=store)
+        for i, xyz in enumerate(scans):
+            stamp = 1_600_000_000 * 10**9 + i * 100_000_000
+            dt = fields_dtype(ODD, 22, False)
+            data = np.zeros(len(xyz) * 22, np.uint8)
+            pts = data.view(dt)
+            pts["x"], pts["y"], pts["z"] = xyz.T
+            pts["intensity"], pts["ring"] = 7.0, np.arange(len(xyz)) % 16
+            enc = EncodedCloud(fields=ODD, height=1, width=len(xyz), point_step=22,
+                               row_step=len(xyz) * 22, is_bigendian=False, is_dense=True,
+                               data=data)
+            from sspu_ros.io.pointcloud2_message import to_pointcloud2
+
+            msg = to_pointcloud2(enc, _ros1_header(store, i, stamp), store.types[POINTCLOUD2],
+                                 store.types["sensor_msgs/msg/PointField"])
+            w.write(pc, stamp, store.serialize_ros1(msg, POINTCLOUD2))
+            status = store.types[STATUS](header=_ros1_header(store, i, stamp), mode=i % 3,
+                                         firmware=f"fw-{i}",
+                                         temperatures=np.array([20.5 + i, 21.0], np.float32))
+            w.write(st, stamp + 1, store.serialize_ros1(status, STATUS))
+            w.write(note, stamp + 2, store.serialize_ros1(
+                store.types["std_msgs/msg/String"](data=f"note {i}"), "std_msgs/msg/String"))
+    return path
+
+
+@pytest.mark.parametrize("out_name", ["out.bag", "out_mcap", "out_db3"])
+def test_densify_bag_of_a_ros1_driver_recording_copies_every_message(tmp_path, out_name, capsys):
+    """The Luminar case: a ROS 1 bag (Header with seq, a type only the bag defines, other
+    topics) densified into ROS 1 (.bag), mcap and sqlite3: every message is there, the
+    bag-defined type round-trips, the dense clouds are proper messages of the output's ROS."""
+    from sspu_ros.io.bags import open_bag
+
+    rng = np.random.default_rng(7)
+    scans = [_scan(rng, 400) for _ in range(3)]
+    src = _write_ros1_bag(tmp_path / "driver.bag", scans)
+    dst = tmp_path / out_name
+    storage = ["--storage", "sqlite3"] if out_name == "out_db3" else []
+    assert main(["densify-bag", str(src), str(dst), "--no-progress", *storage]) == 0
+    out = capsys.readouterr().out
+    assert "/points densified" in out and "skipped" not in out
+    assert dst.is_file() == (out_name == "out.bag")
+    assert not list(tmp_path.glob(".*partial*"))  # the temporary name is gone
+    with open_bag(dst) as r:
+        types = {c.topic: c.msgtype for c in r.connections}
+        assert types == {"/points": POINTCLOUD2, "/status": STATUS,
+                         "/note": "std_msgs/msg/String", "/points/densified": POINTCLOUD2}
+        msgs = [(c.topic, t, r.deserialize(raw, c.msgtype)) for c, t, raw in r.messages()]
+        assert r.is2 == (out_name != "out.bag")
+    by_topic = {}
+    for topic, t, m in msgs:
+        by_topic.setdefault(topic, []).append((t, m))
+    assert {k: len(v) for k, v in by_topic.items()} == {
+        "/points": 3, "/status": 3, "/note": 3, "/points/densified": 3}
+    for i, (t, m) in enumerate(by_topic["/status"]):
+        assert (m.mode, m.firmware, m.header.frame_id) == (i % 3, f"fw-{i}", "lidar")
+        np.testing.assert_array_equal(m.temperatures, np.array([20.5 + i, 21.0], np.float32))
+        assert t == 1_600_000_000 * 10**9 + i * 100_000_000 + 1
+    assert [m.data for _, m in by_topic["/note"]] == ["note 0", "note 1", "note 2"]
+    for i, ((t, d), (_, o)) in enumerate(zip(by_topic["/points/densified"], by_topic["/points"],
+                                             strict=True)):
+        assert t == 1_600_000_000 * 10**9 + i * 100_000_000
+        assert (d.header.stamp.sec, d.header.stamp.nanosec, d.header.frame_id) == \
+            (o.header.stamp.sec, o.header.stamp.nanosec, "lidar")
+        assert d.width > o.width and [f.name for f in d.fields][-1] == "generated"
+        if out_name == "out.bag":  # a ROS 1 Header keeps its sequence number
+            assert d.header.seq == o.header.seq == i
+
+
+def test_ros1_output_is_a_standard_ros1_pointcloud2(tmp_path):
+    """ROS 1 tools check the md5sum of sensor_msgs/PointCloud2: the dense topic must carry
+    the standard ROS 1 definition (Header with seq), whatever the input's ROS version."""
+    from rosbags.typesys import Stores, get_typestore
+
+    from sspu_ros.io.bags import open_bag
+
+    noetic = get_typestore(Stores.ROS1_NOETIC)
+    want = noetic.generate_msgdef(POINTCLOUD2)[1]
+    src = _write_bag(tmp_path / "in", [_scan(np.random.default_rng(8), 300)])  # rosbag2
+    dst = tmp_path / "out.bag"
+    assert main(["densify-bag", str(src), str(dst), "--no-progress"]) == 0
+    with open_bag(dst) as r:
+        md5 = {c.topic: c.digest for c in r.connections}
+        notes = [r.deserialize(raw, c.msgtype).data for c, _, raw in r.messages()
+                 if c.topic == "/note"]
+    assert md5["/points"] == md5["/points/densified"] == want
+    assert notes == ["note 0"]
+
+
+def test_densify_bag_topic_is_optional_only_with_one_pointcloud2_topic(tmp_path, capsys):
+    src = _write_bag(tmp_path / "in", [_scan(np.random.default_rng(9), 300)])
+    assert main(["densify-bag", str(src), str(tmp_path / "o"), "--no-progress"]) == 0
+    assert "/points densified" in capsys.readouterr().out
+    two = tmp_path / "two"
+    with BagWriter(two) as w:
+        for topic in ("/a", "/b"):
+            c = w.add_connection(topic, POINTCLOUD2)
+            w.write_msg(c, 1, _cloud_msg(_scan(np.random.default_rng(1), 50), ODD, 22, 1))
+    assert main(["densify-bag", str(two), str(tmp_path / "o2"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "2 PointCloud2 topics (/a, /b): choose one with --topic" in err
+    assert not (tmp_path / "o2").exists() and not list(tmp_path.glob(".o2*"))
+
+
+def test_a_message_that_cannot_be_converted_is_reported_and_the_rest_copied(tmp_path, capsys):
+    """A corrupt message of one topic: one line names the topic and why; every other
+    message is written and the output is complete."""
+    from rosbags.rosbag1 import Writer
+
+    from sspu_ros.io.bags import open_bag
+
+    src = tmp_path / "bad.bag"
+    store = _ros1_store()
+    good = _write_ros1_bag(tmp_path / "good.bag", [_scan(np.random.default_rng(3), 300)])
+    with open_bag(good) as r:
+        msgs = [(c.topic, c.msgtype, t, bytes(raw)) for c, t, raw in r.messages()]
+    with Writer(src) as w:
+        conns = {}
+        for topic, msgtype, t, raw in msgs:
+            if topic not in conns:
+                conns[topic] = w.add_connection(topic, msgtype, typestore=store)
+            w.write(conns[topic], t, raw)
+        # a truncated /status message (a string length running past the end)
+        w.write(conns["/status"], msgs[-1][2] + 5, b"\x01\x00\x00\x00" + b"\xff" * 10)
+    dst = tmp_path / "out"
+    assert main(["densify-bag", str(src), str(dst), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("/status") == 1
+    assert f"topic /status ({STATUS}): 1 message(s) skipped" in captured.err
+    with open_bag(dst) as r:
+        counts = {}
+        for c, _, _ in r.messages():
+            counts[c.topic] = counts.get(c.topic, 0) + 1
+    assert counts == {"/points": 1, "/status": 1, "/note": 1, "/points/densified": 1}
+
+
+def test_an_interrupted_densify_bag_leaves_no_bag_that_looks_finished(tmp_path, monkeypatch):
+    import sspu_ros.densify.bag as dbag
+
+    src = _write_bag(tmp_path / "in", [_scan(np.random.default_rng(5), 300) for _ in range(3)])
+    calls = []
+
+    def interrupt(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    real = dbag.densify_message
+    monkeypatch.setattr(dbag, "densify_message", interrupt)
+    for name in ("out", "out.bag"):
+        calls.clear()
+        assert main(["densify-bag", str(src), str(tmp_path / name), "--no-progress"]) == 130
+        assert not (tmp_path / name).exists()
+        assert [p.name for p in tmp_path.iterdir()] == ["in"]

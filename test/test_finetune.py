@@ -141,3 +141,47 @@ def test_finetune_user_errors(bag, init_ckpt, tmp_path, capsys):
     assert main(["finetune", "--bag", str(bag), "--init", str(tmp_path / "no.pt"), "--out",
                  str(tmp_path / "d"), "--steps", "1"]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_kill_9_during_finetune_then_resume(bag, init_ckpt, tmp_path, capsys):
+    """kill -9 mid-training loses at most one checkpoint interval; --resume (same
+    arguments) continues from the checkpoint to the asked step count."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sspu_ros.model.checkpoint import load_checkpoint
+
+    out = tmp_path / "ft"
+    every = 2
+    args = ["finetune", "--bag", str(bag), "--init", str(init_ckpt), "--out", str(out),
+            "--frames", "0:2", "--batch-size", "2", "--no-progress", "--no-export",
+            "--set", f"run.checkpoint_every={every}", "--set", "run.log_every=1"]
+    proc = subprocess.Popen([sys.executable, "-m", "sspu_ros", *args, "--steps", "10000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            if (out / "checkpoint.pt").is_file() and \
+                    load_checkpoint(out / "checkpoint.pt")["step"] >= 2 * every:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    saved = int(load_checkpoint(out / "checkpoint.pt")["step"])
+    ran = int((out / "log.csv").read_text().splitlines()[-1].split(",")[0])
+    assert 0 <= ran - saved <= every
+    assert main(args + ["--steps", str(saved + 3)]) == 2  # no silent overwrite
+    assert "--resume" in capsys.readouterr().err
+    assert main(args + ["--steps", str(saved + 3), "--resume"]) == 0
+    m = yaml.safe_load((out / "model.yaml").read_text())
+    assert m["training"]["steps"] == saved + 3 == load_checkpoint(out / "checkpoint.pt")["step"]
+    assert m["command"].endswith("--resume")
+    steps = [int(r.split(",")[0]) for r in (out / "log.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, saved + 4))

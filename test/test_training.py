@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +184,57 @@ def test_patch_bank_from_a_rosbag2_pointcloud_topic(tmp_path, storage):
     opts.bag_topic = "/nope"
     with pytest.raises(Exception, match="no PointCloud2 topic named /nope"):
         build_patch_bank([bag], opts)
+
+
+def _wait_for_checkpoint(path: Path, proc, min_step: int, timeout: float = 120.0) -> int:
+    """Poll ``path`` (written atomically) until it holds step >= min_step."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        if path.is_file():
+            step = int(load_checkpoint(path)["step"])
+            if step >= min_step:
+                return step
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint with step >= {min_step} within {timeout} s")
+
+
+def _logged_steps(log: Path) -> list[int]:
+    return [int(r.split(",")[0]) for r in log.read_text().splitlines()[1:]]
+
+
+def test_kill_9_during_train_loses_at_most_one_interval_and_resume_continues_exactly(
+        shapes, tmp_path):
+    from sspu_ros.training.trainer import weights_fingerprint
+
+    out = tmp_path / "killed"
+    every = 3
+    cmd = [sys.executable, "-m", "sspu_ros", "train", "--data", str(shapes), "--out", str(out),
+           "--no-progress", *TINY_SETS, f"--set=run.checkpoint_every={every}"]
+    proc = subprocess.Popen(cmd + ["--steps", "10000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_checkpoint(out / "checkpoint.pt", proc, 2 * every)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    saved = int(load_checkpoint(out / "checkpoint.pt")["step"])  # intact after the kill
+    done = _logged_steps(out / "log.csv")[-1]  # log_every = 1: the steps that ran
+    assert saved % every == 0 and 0 <= done - saved <= every
+    target = saved + 4
+    rc = subprocess.run(cmd + ["--steps", str(target), "--resume"], capture_output=True,
+                        text=True, timeout=300)
+    assert rc.returncode == 0, rc.stderr[-3000:]
+    assert int(load_checkpoint(out / "checkpoint.pt")["step"]) == target
+    assert _logged_steps(out / "log.csv") == list(range(1, target + 1))  # no step twice
+    # the same weights as a run that was never interrupted
+    cfg = load_config(overrides={**TINY, "optim.steps": target, "data.paths": [str(shapes)],
+                                 "run.checkpoint_every": every}, name="train")
+    ref = Trainer(cfg, tmp_path / "straight", progress=False)
+    ref.run()
+    ref.close()
+    resumed, _ = load_generator(out / "checkpoint.pt")
+    assert weights_fingerprint(resumed) == weights_fingerprint(ref.model)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def _usage(msg: str):
@@ -43,7 +44,8 @@ def cmd_densify_bag(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args)
     r = densify_bag(args.input, args.output, args.topic, cfg, out_topic=args.out_topic,
-                    storage=args.storage, progress=not args.no_progress)
+                    storage=args.storage, progress=not args.no_progress,
+                    warn=lambda line: print(f"sspu densify-bag: {line}", file=sys.stderr))
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
@@ -121,8 +123,10 @@ def add_subcommands(sub) -> None:
 
     p = sub.add_parser("densify-bag", help="add a densified PointCloud2 topic to a copy of a bag")
     p.add_argument("input", help="rosbag2 folder / .db3 / .mcap, or ROS 1 .bag")
-    p.add_argument("output", help="new rosbag2 bag")
-    p.add_argument("--topic", required=True, help="PointCloud2 topic to densify")
+    p.add_argument("output", help="new bag: ROS 1 for a .bag path, else rosbag2 (written "
+                   "under a temporary name, renamed when complete)")
+    p.add_argument("--topic", default=None, help="PointCloud2 topic to densify (default: the "
+                   "bag's only PointCloud2 topic)")
     p.add_argument("--out-topic", default=None,
                    help="topic of the densified clouds (default TOPIC/densified; = TOPIC "
                         "replaces it)")
@@ -130,7 +134,8 @@ def add_subcommands(sub) -> None:
     p.add_argument("--model", default=None, help="override the config's model")
     p.add_argument("--ratio", type=int, default=None, help="override the config's ratio")
     p.add_argument("--storage", choices=STORAGES, default=None,
-                   help="output storage (default: the input's)")
+                   help="output storage (default: ros1 for a .bag output, else the input's "
+                   "rosbag2 storage; mcap for a ROS 1 input)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_densify_bag)

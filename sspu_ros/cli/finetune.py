@@ -43,7 +43,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                  beam_stride=args.beam_stride, min_distinct=args.min_distinct, params=params,
                  train_overrides=overrides,
                  export=not args.no_export, command=_command(args),
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, resume=args.resume)
     t, d = m["training"], m["data"]
     loss = t["loss_last"].get("total")
     print(f"sspu finetune: {d['patches']} node patches from {d['scans']} scan(s) "
@@ -70,6 +70,8 @@ def _command(args: argparse.Namespace) -> list[str]:
         cmd += ["--set", item]
     if args.no_export:
         cmd.append("--no-export")
+    if args.resume:
+        cmd.append("--resume")
     return cmd
 
 
@@ -99,5 +101,8 @@ def add_subcommands(sub) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--device", default=None, help="cpu, cuda or auto")
     p.add_argument("--no-export", action="store_true", help="skip the ONNX export")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out (same arguments) from its "
+                   "checkpoint.pt")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_finetune)

@@ -19,11 +19,16 @@ live-graph half, rclpy) are :mod:`sspu_ros.ros.bag_player`.
 from __future__ import annotations
 
 import calendar
+import contextlib
+import io
+import os
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -65,6 +70,58 @@ def typestore():
 
 
 _TYPESTORE = None
+_ROS1_TYPESTORE = None
+
+
+def ros1_typestore():
+    """The ROS 1 Noetic message type store of ``rosbags`` (cached): std_msgs/Header has the
+    ``seq`` field ROS 1 tools expect (and their md5sums)."""
+    global _ROS1_TYPESTORE
+    if _ROS1_TYPESTORE is None:
+        from rosbags.typesys import Stores, get_typestore
+
+        _ROS1_TYPESTORE = get_typestore(Stores.ROS1_NOETIC)
+    return _ROS1_TYPESTORE
+
+
+def target_typestore(reader, *, ros2: bool):
+    """The type store to write ``reader``'s messages with as ROS 2 (``ros2``) or ROS 1: the
+    bag's own definitions (ROS 1 connection headers, rosbag2 metadata; so types only the bag
+    defines are known), with ``std_msgs/msg/Header`` as the target ROS defines it (ROS 1's
+    has ``seq``, ROS 2's not: converting with the other's layout corrupts every message
+    with a header: the "Invalid string length" of a ROS 1 bag written as rosbag2)."""
+    if reader.is2 == ros2:
+        return reader.typestore
+    from rosbags.typesys import Stores, get_typestore
+
+    header = (typestore() if ros2 else ros1_typestore()).fielddefs["std_msgs/msg/Header"]
+    store = get_typestore(Stores.EMPTY)
+    store.register({**reader.typestore.fielddefs, "std_msgs/msg/Header": header})
+    return store
+
+
+def message_converter(reader, msgtype: str, dst_store, *, ros2: bool):
+    """``raw -> raw``: a message of ``reader`` (its serialization) as ``dst_store`` defines it
+    in CDR (``ros2``) or ROS 1 serialization; the bytes unchanged where nothing differs.
+
+    Raises what ``rosbags`` raises for a type it cannot convert (caller reports the topic)."""
+    from rosbags.convert.converter import generate_message_converter
+
+    with contextlib.redirect_stdout(io.StringIO()):  # rosbags prints "will be migrated"
+        return generate_message_converter(reader.typestore, dst_store, msgtype, msgtype, {},
+                                          src_is2=reader.is2, dst_is2=ros2)
+
+
+def header_for(store, header):
+    """``header`` (a std_msgs/Header of any ROS version) as ``store``'s Header type: ROS 1
+    keeps/gets ``seq`` (0 when the source has none), ROS 2 drops it."""
+    names = [name for name, _ in store.fielddefs["std_msgs/msg/Header"][1]]
+    stamp = store.types["builtin_interfaces/msg/Time"](sec=int(header.stamp.sec),
+                                                       nanosec=int(header.stamp.nanosec))
+    values = {"stamp": stamp, "frame_id": header.frame_id}
+    if "seq" in names:
+        values["seq"] = int(getattr(header, "seq", 0))
+    return store.types["std_msgs/msg/Header"](**values)
 
 
 # --------------------------------------------------------------------------- reading
@@ -108,6 +165,22 @@ def _connections(reader, path: Path, topics: Sequence[str] | None, *,
         raise CloudFileError(f"{path}: the bag has no "
                              f"{'PointCloud2 ' if pointcloud_only else ''}messages")
     return conns
+
+
+def pointcloud_topic(reader, path: Path, topic: str | None) -> str:
+    """``topic`` checked to be a PointCloud2 topic of the bag; None: the bag's only one."""
+    clouds = sorted({c.topic for c in reader.connections if c.msgtype == POINTCLOUD2})
+    if topic is not None:
+        if topic not in clouds:
+            raise CloudFileError(f"{path}: no PointCloud2 topic named {topic}; its PointCloud2 "
+                                 f"topics: {', '.join(clouds) or 'none'}")
+        return topic
+    if len(clouds) == 1:
+        return clouds[0]
+    if not clouds:
+        raise CloudFileError(f"{path}: the bag has no PointCloud2 topic")
+    raise CloudFileError(f"{path}: {len(clouds)} PointCloud2 topics ({', '.join(clouds)}): "
+                         "choose one with --topic")
 
 
 def parse_frames(text: str | None) -> slice:
@@ -182,6 +255,11 @@ def _storage_for(path: Path, storage: str | None) -> str:
 class BagWriter:
     """Writes a new bag; a context manager.
 
+    The bag is written under a temporary name beside it (``.NAME.partial-PID/NAME``) and
+    renamed to ``path`` only when the ``with`` block ends without an exception: an
+    interrupted or failed run (Ctrl-C, an error) never leaves a bag that looks finished (its
+    partial folder is removed; after a ``kill -9`` the hidden ``.partial`` folder stays).
+
     Args:
         path: the new bag (a rosbag2 folder, or a ``.bag`` file for ROS 1); must not exist.
         storage: ``mcap`` (default), ``sqlite3`` or ``ros1`` (default for ``.bag`` paths).
@@ -195,17 +273,13 @@ class BagWriter:
         if self.path.exists():
             raise CloudFileError(f"{self.path}: exists already; bags are never overwritten "
                                  "(remove it or choose another output path)")
-        if self.storage == "ros1":
-            from rosbags.rosbag1 import Writer as Ros1Writer
-
-            self._writer = Ros1Writer(self.path)
-        else:
-            from rosbags.rosbag2 import StoragePlugin, Writer
-
-            plugin = StoragePlugin.MCAP if self.storage == "mcap" else StoragePlugin.SQLITE3
-            if version not in (8, 9):
-                raise ValueError(f"rosbag2 version must be 8 or 9, got {version}")
-            self._writer = Writer(self.path, version=version, storage_plugin=plugin)
+        if self.storage != "ros1" and version not in (8, 9):
+            raise ValueError(f"rosbag2 version must be 8 or 9, got {version}")
+        self._version = version
+        self._partial = self.path.parent / f".{self.path.name}.partial-{os.getpid()}"
+        self._writer: Any = None
+        #: default type store of new connections and messages: ROS 1 Noetic or ROS 2 Kilted
+        self.store = ros1_typestore() if self.storage == "ros1" else typestore()
         self._keys: dict[tuple[str, str], Any] = {}
         self.counts: dict[str, int] = {}
 
@@ -214,21 +288,58 @@ class BagWriter:
         return "ros1" if self.storage == "ros1" else "cdr"
 
     def __enter__(self) -> BagWriter:
-        self._writer.open()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._partial.mkdir()
+        except OSError as e:
+            raise CloudFileError(f"{self.path}: cannot write here ({e})") from None
+        work = self._partial / self.path.name
+        try:
+            if self.storage == "ros1":
+                from rosbags.rosbag1 import Writer as Ros1Writer
+
+                self._writer = Ros1Writer(work)
+            else:
+                from rosbags.rosbag2 import StoragePlugin, Writer
+
+                plugin = StoragePlugin.MCAP if self.storage == "mcap" else StoragePlugin.SQLITE3
+                self._writer = Writer(work, version=self._version, storage_plugin=plugin)
+            self._writer.open()
+        except BaseException:
+            shutil.rmtree(self._partial, ignore_errors=True)
+            raise
         return self
 
-    def __exit__(self, *exc) -> None:
-        self._writer.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            self._writer.close()
+        except BaseException:
+            shutil.rmtree(self._partial, ignore_errors=True)
+            if exc_type is None:
+                raise
+            return
+        if exc_type is not None:
+            shutil.rmtree(self._partial, ignore_errors=True)
+            return
+        if self.path.exists():
+            shutil.rmtree(self._partial, ignore_errors=True)
+            raise CloudFileError(f"{self.path}: appeared while the bag was written; the new "
+                                 "bag was discarded")
+        os.replace(self._partial / self.path.name, self.path)
+        self._partial.rmdir()
 
     def add_connection(self, topic: str, msgtype: str = POINTCLOUD2, *, store=None,
-                       qos: Sequence = ()):
+                       qos: Sequence = (), latching: int | None = None,
+                       callerid: str | None = None):
         """The writer connection of ``topic`` (created once; ``store``: the type store that
-        defines ``msgtype``, default Kilted; ``qos``: rosbag2 offered QoS profiles)."""
+        defines ``msgtype``, default :attr:`store`; ``qos``: rosbag2 offered QoS profiles;
+        ``latching``/``callerid``: ROS 1 connection header fields)."""
         key = (topic, msgtype)
         if key not in self._keys:
-            store = store or typestore()
+            store = store or self.store
             if self.storage == "ros1":
-                conn = self._writer.add_connection(topic, msgtype, typestore=store)
+                conn = self._writer.add_connection(topic, msgtype, typestore=store,
+                                                   latching=latching, callerid=callerid)
             else:
                 conn = self._writer.add_connection(topic, msgtype, typestore=store,
                                                    offered_qos_profiles=list(qos))
@@ -236,28 +347,77 @@ class BagWriter:
             self.counts.setdefault(topic, 0)
         return self._keys[key]
 
-    def write_raw(self, conn, timestamp: int, raw, *, store=None,
-                  serialization: str = "cdr") -> None:
-        """Write serialized bytes; converted when ``serialization`` ('cdr' or 'ros1') is not
-        the bag's."""
-        if serialization != self.serialization:
-            store = store or typestore()
-            if serialization == "cdr":
-                raw = store.cdr_to_ros1(bytes(raw), conn.msgtype)
-            else:
-                raw = store.ros1_to_cdr(bytes(raw), conn.msgtype)
+    def write_raw(self, conn, timestamp: int, raw) -> None:
+        """Write bytes already serialized as this bag's (:attr:`serialization`); messages
+        of another bag go through :class:`BagCopier`, which converts them."""
         self._writer.write(conn, int(timestamp), raw)
         self.counts[conn.topic] += 1
 
     def write_msg(self, conn, timestamp: int, msg, *, store=None) -> None:
-        """Serialize a rosbags message dataclass and write it."""
-        store = store or typestore()
+        """Serialize a rosbags message dataclass (of ``store``, default :attr:`store`)."""
+        store = store or self.store
         if self.storage == "ros1":
             raw = store.serialize_ros1(msg, conn.msgtype)
         else:
             raw = store.serialize_cdr(msg, conn.msgtype)
         self._writer.write(conn, int(timestamp), raw)
         self.counts[conn.topic] += 1
+
+
+class BagCopier:
+    """Copies messages of a reader's connections into a :class:`BagWriter`, converting them
+    where the writer's ROS version differs (ROS 1 <-> rosbag2), with the bag's own type
+    definitions (:func:`target_typestore`).
+
+    A connection whose type cannot be written, or a message that cannot be converted, is
+    skipped and recorded in :attr:`skipped` (``topic -> [count, msgtype, first reason]``);
+    everything else is copied. :meth:`report` gives one line per skipped topic.
+    """
+
+    def __init__(self, reader, writer: BagWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.ros2 = writer.storage != "ros1"
+        self.store = target_typestore(reader, ros2=self.ros2)
+        self._out: dict[int, tuple[Any, Any]] = {}
+        self.skipped: dict[str, list] = {}
+
+    def add(self, conn) -> bool:
+        """Prepare ``conn`` (a reader connection); False when its type cannot be written."""
+        if conn.id not in self._out:
+            try:
+                kw = ({"qos": _qos_of(conn)} if self.ros2 else
+                      {"latching": int(getattr(conn.ext, "latching", 0) or 0),
+                       "callerid": getattr(conn.ext, "callerid", None)})
+                out = self.writer.add_connection(conn.topic, conn.msgtype, store=self.store,
+                                                 **kw)
+                convert = message_converter(self.reader, conn.msgtype, self.store,
+                                            ros2=self.ros2)
+                self._out[conn.id] = (out, convert)
+            except Exception as e:  # noqa: BLE001 - rosbags raises many types here
+                self._out[conn.id] = (None, f"its type cannot be written: {e}")
+        return self._out[conn.id][0] is not None
+
+    def write(self, conn, timestamp: int, raw) -> bool:
+        """Copy one message of ``conn``; False (and recorded) when it cannot be."""
+        if not self.add(conn):
+            self._skip(conn, self._out[conn.id][1])
+            return False
+        out, convert = self._out[conn.id]
+        try:
+            data = convert(raw)
+        except Exception as e:  # noqa: BLE001 - SerdeError, struct/index errors on bad bytes
+            self._skip(conn, f"cannot convert: {type(e).__name__}: {e}")
+            return False
+        self.writer.write_raw(out, timestamp, data)
+        return True
+
+    def _skip(self, conn, reason: str) -> None:
+        self.skipped.setdefault(conn.topic, [0, conn.msgtype, reason])[0] += 1
+
+    def report(self) -> list[str]:
+        """One line per skipped topic: which, how many and why."""
+        return [f"topic {topic} ({msgtype}): {count} message(s) skipped ({reason})"
+                for topic, (count, msgtype, reason) in sorted(self.skipped.items())]
 
 
 def _serialization_of(conn) -> str:
@@ -271,14 +431,13 @@ def _qos_of(conn) -> list:
 
 
 def pointcloud2_message(encoded, *, stamp_ns: int, frame_id: str, store=None):
-    """A rosbags PointCloud2 with ``header(stamp_ns, frame_id)`` from an EncodedCloud."""
+    """A rosbags PointCloud2 with ``header(stamp_ns, frame_id)`` from an EncodedCloud, of
+    ``store``'s definitions (default ROS 2 Kilted; ROS 1 Noetic for a ROS 1 bag)."""
     from .pointcloud2_message import to_pointcloud2
 
     store = store or typestore()
-    header = store.types["std_msgs/msg/Header"](
-        stamp=store.types["builtin_interfaces/msg/Time"](sec=int(stamp_ns // NS),
-                                                         nanosec=int(stamp_ns % NS)),
-        frame_id=frame_id)
+    stamp = SimpleNamespace(sec=int(stamp_ns // NS), nanosec=int(stamp_ns % NS))
+    header = header_for(store, SimpleNamespace(stamp=stamp, frame_id=frame_id))
     return to_pointcloud2(encoded, header, store.types[POINTCLOUD2],
                           store.types["sensor_msgs/msg/PointField"])
 
@@ -373,7 +532,7 @@ def kitti2bag(raw_dir: str | Path, out: str | Path, *, storage: str | None = Non
             for j, name in enumerate(("x", "y", "z", "intensity")):
                 points[name] = scan[:, j]
             msg = pointcloud2_message(encode_structured(points), stamp_ns=int(stamps[i]),
-                                      frame_id=frame_id)
+                                      frame_id=frame_id, store=writer.store)
             writer.write_msg(conn, int(stamps[i]), msg)
             n_points += len(scan)
     return {"bag": str(out), "storage": writer.storage, "topic": topic,
@@ -384,10 +543,14 @@ def kitti2bag(raw_dir: str | Path, out: str | Path, *, storage: str | None = Non
 # --------------------------------------------------------------------------- densify-bag
 
 
-def _input_storage(path: Path, reader) -> str:
-    if path.suffix == ".bag":
+def output_storage(src: Path, dst: Path) -> str:
+    """Storage of a bag derived from ``src`` and written to ``dst``: ROS 1 for a ``.bag``
+    path, else the input's rosbag2 storage (mcap for a ROS 1 input)."""
+    if dst.suffix == ".bag":
+        return "ros1"
+    if src.suffix == ".bag":
         return "mcap"
-    files = [path] if path.is_file() else list(path.iterdir())
+    files = [src] if src.is_file() else list(src.iterdir())
     return "sqlite3" if any(f.suffix == ".db3" for f in files) else "mcap"
 
 

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CloudFileError
-from ..io.bags import NS, BagWriter, _connections, _serialization_of, open_bag
+from ..io.bags import (
+    NS,
+    BagWriter,
+    _connections,
+    message_converter,
+    open_bag,
+    target_typestore,
+)
 
 
 def _message_class(msgtype: str):
@@ -110,13 +117,16 @@ def play(path: str | Path, *, topics: Sequence[str] | None = None, rate: float =
     try:
         with open_bag(path) as reader:
             conns = _connections(reader, path, topics, pointcloud_only=not topics)
-            pubs, header = {}, {}
+            pubs, header, convert = {}, {}, {}
+            ros2_store = target_typestore(reader, ros2=True)
             for c in conns:
                 name = remap.get(c.topic, c.topic)
                 if name not in pubs:
                     pubs[name] = node.create_publisher(_message_class(c.msgtype), name, qos)
                     stats.published[name] = 0
                 header[c.id] = _has_header(reader.typestore, c.msgtype)
+                if not reader.is2:  # ROS 1 bytes -> the CDR the live ROS 2 graph expects
+                    convert[c.id] = message_converter(reader, c.msgtype, ros2_store, ros2=True)
             deadline = time.monotonic() + wait_for_subscribers
             while (wait_for_subscribers > 0 and time.monotonic() < deadline
                    and not all(p.get_subscription_count() > 0 for p in pubs.values())):
@@ -134,8 +144,8 @@ def play(path: str | Path, *, topics: Sequence[str] | None = None, rate: float =
                     delay = t0_wall + (ts - t0_bag) / NS / rate - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)
-                    if _serialization_of(conn) == "ros1":
-                        raw = reader.typestore.ros1_to_cdr(bytes(raw), conn.msgtype)
+                    if conn.id in convert:
+                        raw = convert[conn.id](raw)
                     if restamp and header[conn.id]:
                         raw = restamp_cdr(raw, time.time_ns())
                     name = remap.get(conn.topic, conn.topic)
@@ -212,14 +222,17 @@ def record(out: str | Path, topics: Sequence[str], *, duration: float | None = N
             if ready is not None:
                 ready.set()
             t0 = time.monotonic()
-            while rclpy.ok():
-                rclpy.spin_once(node, timeout_sec=0.05)
-                if duration is not None and time.monotonic() - t0 >= duration:
-                    break
-                if count is not None and all(writer.counts[t] >= count for t in topics):
-                    break
-                if stop is not None and stop.is_set():
-                    break
+            try:  # Ctrl-C ends a recording: the bag is closed and kept (complete so far)
+                while rclpy.ok():
+                    rclpy.spin_once(node, timeout_sec=0.05)
+                    if duration is not None and time.monotonic() - t0 >= duration:
+                        break
+                    if count is not None and all(writer.counts[t] >= count for t in topics):
+                        break
+                    if stop is not None and stop.is_set():
+                        break
+            except KeyboardInterrupt:
+                pass
             for s in subs:
                 node.destroy_subscription(s)
         return dict(writer.counts)

@@ -169,7 +169,8 @@ def finetune(bag: str | Path, topic: str | None, init: str | Path, out: str | Pa
              frames: slice = slice(None), every: int = 1, beam_stride: int = 1,
              min_distinct: float = 0.5, params: Mapping[str, Any] | None = None,
              train_overrides: Mapping[str, Any] | None = None, export: bool = True,
-             command: Sequence[str] | None = None, progress: bool = True) -> dict:
+             command: Sequence[str] | None = None, progress: bool = True,
+             resume: bool = False) -> dict:
     """Fine-tune ``init`` on the node's patches of a bag; see the module docstring.
 
     Args:
@@ -181,6 +182,9 @@ def finetune(bag: str | Path, topic: str | None, init: str | Path, out: str | Pa
         params: node parameters (``sspu_ros.config.load_config()``); default: the defaults.
         train_overrides: flat ``train`` parameters over the checkpoint's own configuration.
         command: the command line recorded in the manifest (default: ``sys.argv``).
+        resume: continue the interrupted run in ``out`` (its ``checkpoint.pt``: weights,
+            optimizer and step; the same bag, scans and settings rebuild the same patches)
+            up to ``steps``, or for another ``minutes``.
 
     Returns:
         the manifest (also written to ``out/model.yaml``).
@@ -209,14 +213,19 @@ def finetune(bag: str | Path, topic: str | None, init: str | Path, out: str | Pa
     cfg = checkpoint_train_config(ckpt, {**(train_overrides or {}), "data.paths": [str(bag)]})
     ratio = int(ckpt["generator"]["ratio"])
     patch_size = int(cfg["data.patch_size"])
-    if (out / CHECKPOINT).exists():
-        raise CloudFileError(f"{out}: holds a checkpoint already; choose a new --out folder")
+    if (out / CHECKPOINT).exists() and not resume:
+        raise CloudFileError(f"{out}: holds a checkpoint already; continue it with --resume "
+                             "or choose a new --out folder")
+    if resume and not (out / CHECKPOINT).is_file():
+        raise CloudFileError(f"{out}: no checkpoint.pt to resume (--resume continues an "
+                             "interrupted sspu finetune in the same --out folder)")
     bank, data = node_patches(bag, topic, params, ratio=ratio, patch_size=patch_size,
                               frames=frames, every=every, beam_stride=beam_stride,
                               min_distinct=min_distinct, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
 
-    trainer = Trainer(cfg, out, init=init, progress=False, patch_bank=bank)
+    trainer = Trainer(cfg, out, init=None if resume else init, resume=resume, progress=False,
+                      patch_bank=bank)
     t_train = time.monotonic()
     deadline = t_train + minutes * 60 if minutes is not None else None
     target = steps if steps is not None else 1 << 60
@@ -224,7 +233,8 @@ def finetune(bag: str | Path, topic: str | None, init: str | Path, out: str | Pa
     step_time = None
     from tqdm import tqdm
 
-    bar = tqdm(total=steps, desc="finetune", unit="step", disable=not progress)
+    bar = tqdm(total=steps, initial=trainer.step, desc="finetune", unit="step",
+               disable=not progress)
     try:
         while trainer.step < target:
             chunk = target - trainer.step

@@ -257,6 +257,8 @@ class Trainer:
 
             writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step or None)
             new = not (self.out / "log.csv").exists() or self.step == 0
+            if not new:  # resumed: drop rows logged after the checkpoint (run again now)
+                _truncate_log(self.out / "log.csv", self.step)
             log_file = open(self.out / "log.csv", "w" if new else "a", newline="")
         logger = None
         bar = tqdm(total=total_steps, initial=self.step, desc="train", unit="step",
@@ -308,6 +310,21 @@ class Trainer:
 
     def close(self) -> None:
         self.dist.close()
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the header and the rows of ``log.csv`` up to ``step`` (written atomically)."""
+    lines = path.read_text().splitlines(keepends=True)
+    def logged_step(line: str) -> int | None:
+        head = line.split(",", 1)[0].strip()
+        return int(head) if head.isdigit() else None
+
+    keep = lines[:1] + [ln for ln in lines[1:]
+                        if (n := logged_step(ln)) is not None and n <= step]
+    if len(keep) != len(lines):
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, path)
 
 
 def _short(name: str) -> str:
