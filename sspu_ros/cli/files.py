@@ -96,6 +96,34 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scan_info(args: argparse.Namespace) -> int:
+    """The beam structure of a LiDAR scan file: where it comes from and what it is."""
+    from ..geometry.scan_structure import ScanStructureError, beam_field, scan_structure
+    from ..io.cloud_files import read_cloud
+
+    cloud = read_cloud(args.scan)
+    name = beam_field(cloud.attributes)
+    beam = None if name is None else np.asarray(cloud.attributes[name]).reshape(-1)
+    try:
+        st = scan_structure(cloud.xyz, beam=beam, beam_name=name or "ring",
+                            sensor=args.sensor, columns=args.columns)
+    except ScanStructureError as e:
+        raise UsageError(f"{args.scan}: {e} (beam-structured processing cannot use this "
+                         "scan; point-patch densification still can)") from None
+    info = {"file": args.scan, "points": int(len(cloud)), **st.summary()}
+    if args.json:
+        info["elevation_deg"] = [round(float(v), 4) for v in st.elevation_deg]
+        print(json.dumps(info, indent=2))
+        return 0
+    img = st.range_image(cloud.xyz)
+    print(f"{args.scan}: {info['points']} points, {st.n_rows} beams from {st.source} "
+          f"(elevations {info['elevation_top_deg']:+.2f} .. {info['elevation_bottom_deg']:+.2f}"
+          f" deg, max spread {info['spread_max_deg']:.3f} deg, {st.missing_beams} beam(s) "
+          f"without returns), range image {st.n_rows} x {st.columns}, "
+          f"{100 * img.valid.mean():.1f} % of pixels hold a return")
+    return 0
+
+
 def add_subcommands(sub) -> None:
     p = sub.add_parser("upsample", help="upsample a point-cloud file (.xyz .ply .pcd .bin .npy)")
     p.add_argument("input")
@@ -121,3 +149,16 @@ def add_subcommands(sub) -> None:
     p = sub.add_parser("info", help="summary of a point-cloud file")
     p.add_argument("input")
     p.set_defaults(func=cmd_info)
+
+    from ..geometry.scan_structure import SENSORS
+
+    p = sub.add_parser("scan-info", help="beam structure of a LiDAR scan file (rings, "
+                       "elevations, range image)")
+    p.add_argument("scan", help="scan file (.bin .pcd .ply .npy ...; a ring/channel field is "
+                   "used when present)")
+    p.add_argument("--sensor", default="auto", choices=["auto", *SENSORS],
+                   help="sensor preset: its beam elevations are the last resort (default auto)")
+    p.add_argument("--columns", type=int, default=None,
+                   help="range image width (default: the preset's, else 2048)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_scan_info)
