@@ -34,7 +34,12 @@ def _node(context, *args, **kwargs):
     for arg, (param, kind) in PARAMETER_ARGUMENTS.items():
         value = LaunchConfiguration(arg).perform(context)
         if value != "":
-            overrides[param] = kind(value)
+            try:
+                overrides[param] = kind(value)
+            except ValueError:
+                raise ValueError(f"launch argument {arg}:={value!r} is not a valid "
+                                 f"{kind.__name__} (parameter '{param}'; empty: keep the "
+                                 "params file's value)") from None
     use_sim_time = LaunchConfiguration("use_sim_time").perform(context).lower() == "true"
     actions = []
     large_data = LaunchConfiguration("dds_large_data").perform(context).lower() == "true"

@@ -1,11 +1,18 @@
 """Shared fixtures: where the dev data lives, and skips that say what is missing."""
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
+# what a colcon workspace's copy of this repository leaves out
+COLCON_IGNORE = shutil.ignore_patterns(".venv", ".git", "build", "install", "log", "out",
+                                       "__pycache__", "*.egg-info", ".pytest_cache",
+                                       ".hypothesis", ".ruff_cache", ".import_linter_cache")
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +50,21 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     assert main(["train", "--data", str(d / "shape.xyz"), "--out", str(d / "run"),
                  "--steps", "1", "--no-progress", *TINY_TRAIN_SETS]) == 0
     return d / "run" / "checkpoint.pt"
+
+
+@pytest.fixture(scope="session")
+def colcon_workspace(tmp_path_factory) -> Path:
+    """A colcon workspace holding a copy of this repository as ``src/sspu_ros``, built with
+    ``colcon build`` (ament_python, isolated install space ``install/sspu_ros``) by the
+    ``colcon`` beside the test's Python. Treat it as read-only."""
+    colcon = Path(sys.executable).parent / "colcon"
+    if not colcon.exists():
+        colcon = shutil.which("colcon")
+        if colcon is None:
+            pytest.skip("colcon is not installed (pip install -e '.[dev]')")
+    ws = tmp_path_factory.mktemp("colcon_ws")
+    shutil.copytree(REPO, ws / "src" / "sspu_ros", ignore=COLCON_IGNORE)
+    run = subprocess.run([str(colcon), "build", "--event-handlers", "console_direct+"],
+                         cwd=ws, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return ws
