@@ -37,7 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .upsampler import GeneratorUpsampler, ModelError, OnnxUpsampler, _check_patches
+from .upsampler import (
+    GeneratorUpsampler,
+    ModelError,
+    OnnxUpsampler,
+    _check_patches,
+    _per_point,
+    _with_sources,
+)
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 DEVICES = ("auto", "cpu", "cuda")
@@ -204,13 +211,16 @@ class TorchUpsampler(GeneratorUpsampler):
         _check_patches(pts, self.ratio)
         if pts.shape[0] == 0:
             return _empty_output(pts.numpy(), self.ratio)
-        return self._run(pts).numpy()
+        return _per_point(pts, self._run(pts), self.ratio).numpy()
 
     def upsample(self, xyz: np.ndarray) -> np.ndarray:
         from .inference import upsample_with_patches
 
-        return upsample_with_patches(xyz, self._run, self.ratio,
+        return upsample_with_patches(xyz, self._run, self.ratio, candidates=self.copies,
                                      patch_size=self.patch_size, keep_input=True)
+
+    def upsample_with_sources(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _with_sources(self, xyz, self._run)
 
 
 class OrtUpsampler(OnnxUpsampler):

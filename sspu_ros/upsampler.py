@@ -85,6 +85,29 @@ class MidpointUpsampler:
         return midpoint_upsample(xyz, self.ratio, return_sources=True)
 
 
+def _per_point(pts, out, ratio: int):
+    """(B, P, 3) patches and the generator's (B, c·P, 3) output -> (B, r·P, 3) copy-major
+    (c > r: :func:`~sspu_ros.candidate_selection.select_per_point`; else ``out``)."""
+    if out.shape[1] == ratio * pts.shape[1]:
+        return out
+    from .candidate_selection import select_per_point
+
+    return select_per_point(pts, out, ratio)
+
+
+def _with_sources(upsampler, xyz: np.ndarray, patch_fn) -> tuple[np.ndarray, np.ndarray]:
+    """upsample_with_sources of a generator backend whose raw patch function is
+    ``patch_fn`` (copies per point: ``upsampler.copies``)."""
+    from .inference import upsample_with_patches
+
+    if upsampler.copies == upsampler.ratio:
+        return upsampler.upsample(xyz), _copy_sources(len(xyz), upsampler.ratio)
+    dense, parents = upsample_with_patches(
+        xyz, patch_fn, upsampler.ratio, candidates=upsampler.copies,
+        patch_size=upsampler.patch_size, keep_input=True, return_parents=True)
+    return dense, parents[:, None]
+
+
 def _check_patches(pts, ratio: int) -> None:
     if pts.dim() != 3 or pts.shape[-1] != 3:
         raise ValueError(f"expected patches of shape (B, P, 3), got {tuple(pts.shape)}")
@@ -126,23 +149,26 @@ class GeneratorUpsampler:
                              f"asked for; use --ratio {self.ratio} or a model trained for it")
         self.patch_size = patch_size
         self.trained_patch_size = int(ckpt.get("config", {}).get("data.patch_size", patch_size))
+        self.copies = int(getattr(self.model, "copies", self.ratio))
 
     def upsample_patches(self, patches: np.ndarray) -> np.ndarray:
+        """Over-complete generators: r copies per point by
+        :func:`~sspu_ros.candidate_selection.select_per_point` (copy-major kept)."""
         import torch
 
         pts = torch.as_tensor(np.asarray(patches, dtype=np.float32))
         _check_patches(pts, self.ratio)
         with torch.no_grad():
-            return self.model(pts).numpy()
+            return _per_point(pts, self.model(pts), self.ratio).numpy()
 
     def upsample(self, xyz: np.ndarray) -> np.ndarray:
         from .inference import upsample_with_patches
 
-        return upsample_with_patches(xyz, self.model, self.ratio,
+        return upsample_with_patches(xyz, self.model, self.ratio, candidates=self.copies,
                                      patch_size=self.patch_size, keep_input=True)
 
     def upsample_with_sources(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.upsample(xyz), _copy_sources(len(xyz), self.ratio)
+        return _with_sources(self, xyz, self.model)
 
 
 class OnnxUpsampler:
@@ -161,6 +187,7 @@ class OnnxUpsampler:
             meta = self.session.get_modelmeta().custom_metadata_map
             self.ratio = int(meta["sspu.ratio"])
             self.patch_size = int(meta["sspu.patch_size"])
+            self.copies = int(meta.get("sspu.candidates", self.ratio))
         except KeyError as e:
             raise ModelError(f"{path}: not an sspu export (metadata {e} missing); export "
                              "with: sspu export --model CKPT --onnx OUT") from None
@@ -176,12 +203,22 @@ class OnnxUpsampler:
         if pts.ndim != 3 or pts.shape[1:] != (self.patch_size, 3):
             raise ValueError(f"{self.name} takes patches of shape (B, {self.patch_size}, 3), "
                              f"got {pts.shape}")
-        return self.session.run(None, {"xyz": pts})[0]
-
-    def _patches(self, patches):
+        out = self.session.run(None, {"xyz": pts})[0]
+        if self.copies == self.ratio:
+            return out
         import torch
 
-        return torch.from_numpy(self.upsample_patches(patches.numpy()))
+        return _per_point(torch.from_numpy(pts), torch.from_numpy(out), self.ratio).numpy()
+
+    def _patches(self, patches):
+        """(P, K, 3) tensor -> the session's raw (P, c·K, 3) output as a tensor."""
+        import torch
+
+        pts = np.ascontiguousarray(patches.numpy(), dtype=np.float32)
+        if pts.ndim != 3 or pts.shape[1:] != (self.patch_size, 3):
+            raise ValueError(f"{self.name} takes patches of shape (B, {self.patch_size}, 3), "
+                             f"got {pts.shape}")
+        return torch.from_numpy(self.session.run(None, {"xyz": pts})[0])
 
     def upsample(self, xyz: np.ndarray) -> np.ndarray:
         from .inference import upsample_with_patches
@@ -190,11 +227,13 @@ class OnnxUpsampler:
             raise ModelError(f"{self.name} was exported for {self.patch_size}-point patches; "
                              f"the cloud has {xyz.shape[0]} points (use the .pt checkpoint "
                              "for clouds smaller than a patch)")
-        return upsample_with_patches(xyz, self._patches, self.ratio,
+        return upsample_with_patches(xyz, self._patches, self.ratio, candidates=self.copies,
                                      patch_size=self.patch_size, keep_input=True)
 
     def upsample_with_sources(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.upsample(xyz), _copy_sources(len(xyz), self.ratio)
+        if xyz.shape[0] < self.patch_size:
+            self.upsample(xyz)  # raises the ModelError that explains it
+        return _with_sources(self, xyz, self._patches)
 
 
 def load_upsampler(model: str, ratio: int | None, backend: str | None = None, *,

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..candidate_selection import select_fps
 from ..config import Config, default_parameters, load_config
 from ..losses import SSPULoss
 from ..models.generator import GeneratorConfig, build_generator
@@ -51,7 +52,9 @@ def generator_config(cfg: Mapping[str, Any]) -> GeneratorConfig:
     preset, with the parameters that are set (non-zero, not 'preset') on top."""
     over = {"ratio": cfg["model.ratio"], "expansion": cfg["model.expansion"],
             "head_init_scale": cfg["model.head_init_scale"],
-            "coord_base": cfg["model.coord_base"], "offsets": cfg["model.offsets"]}
+            "coord_base": cfg["model.coord_base"], "offsets": cfg["model.offsets"],
+            "candidates": cfg.get("model.candidates", 0),
+            "normal_shift": cfg.get("model.normal_shift", 0.0)}
     if cfg["model.channels"]:
         over["channels"] = cfg["model.channels"]
     if cfg["model.knn_k"]:
@@ -228,6 +231,8 @@ class Trainer:
         self.ddp.train()
         t0 = time.perf_counter()
         dense = self.ddp(sparse)
+        if self.model.copies > self.model.ratio:  # over-complete: inputs + FPS of candidates
+            dense = select_fps(sparse, dense, self.model.ratio)
         self._sync()
         t1 = time.perf_counter()
         img_s = img_d = None
