@@ -1,0 +1,228 @@
+"""Over-complete generator (model.candidates) and the bounded normal shift
+(model.normal_shift): local normals, candidate selection by hand, the generator's start
+state, the bound of the shift, ONNX export and the upsampler interface."""
+
+import numpy as np
+import pytest
+import torch
+
+from sspu_ros.baselines import fps_extend
+from sspu_ros.candidate_selection import fps_extend_torch, select_fps, select_per_point
+from sspu_ros.geometry import knn
+from sspu_ros.models import GeneratorConfig, build_generator
+from sspu_ros.models.generator import local_normals
+
+from conftest import TINY_TRAIN_SETS
+
+
+def small(**overrides) -> GeneratorConfig:
+    base = dict(channels=16, lift_channels=8, growth_rate=8, layers_per_block=2, n_blocks=2,
+                compression_channels=8, knn_k=8, weight_hidden=8, head_hidden=8,
+                coord_base="interpolate", offsets=False, candidates=7)
+    base.update(overrides)
+    return GeneratorConfig(**base)
+
+
+def patch(batch: int, n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, n, 3, generator=g)
+    return x / x.norm(dim=-1, keepdim=True).amax(dim=1, keepdim=True)
+
+
+# --- local normals -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("normal", [(0.0, 0.0, 1.0), (1.0, 0.0, 0.0), (0.3, -0.5, 0.8)])
+def test_local_normals_of_a_plane(normal):
+    n = torch.tensor(normal) / torch.tensor(normal).norm()
+    g = torch.Generator().manual_seed(1)
+    pts = torch.randn(1, 200, 3, generator=g)
+    pts = pts - (pts @ n)[..., None] * n  # onto the plane through 0 with normal n
+    _, idx = knn(pts, pts, 12)
+    got = local_normals(pts, idx)
+    assert torch.allclose((got @ n).abs(), torch.ones(1, 200), atol=1e-5)
+
+
+def test_local_normals_of_a_sphere_are_radial():
+    g = torch.Generator().manual_seed(2)
+    pts = torch.randn(1, 2000, 3, generator=g)
+    pts = pts / pts.norm(dim=-1, keepdim=True)
+    _, idx = knn(pts, pts, 10)
+    got = local_normals(pts, idx)
+    assert (got * pts).sum(-1).abs().min() > 0.99  # PCA of a sampled cap: nearly radial
+    nb = pts[0][idx[0]]  # (N, k, 3): the exact smallest-eigenvalue direction
+    d = nb - nb.mean(1, keepdim=True)
+    exact = torch.linalg.eigh(d.transpose(1, 2) @ d).eigenvectors[..., 0]
+    assert (got[0] * exact).sum(-1).abs().min() > 0.9999
+
+
+# --- selection, by hand ---------------------------------------------------------------------
+
+
+def test_fps_extend_torch_by_hand():
+    fixed = torch.tensor([[[0.0, 0, 0]]])
+    cand = torch.tensor([[[1.0, 0, 0], [3.0, 0, 0], [2.0, 0, 0]]])
+    # 3 is farthest from 0; then 1 and 2 are both at squared distance 1: the lower index
+    assert fps_extend_torch(fixed, cand, 2).tolist() == [[1, 0]]
+    assert fps_extend_torch(fixed, cand, 0).shape == (1, 0)
+    with pytest.raises(ValueError):
+        fps_extend_torch(fixed, cand, 4)
+
+
+def test_fps_extend_torch_matches_numpy_fps_extend():
+    g = np.random.default_rng(0)
+    fixed, cand = g.random((2, 30, 3)), g.random((2, 200, 3))
+    got = fps_extend_torch(torch.from_numpy(fixed), torch.from_numpy(cand), 50)
+    for b in range(2):
+        assert got[b].tolist() == fps_extend(fixed[b], cand[b], 50).tolist()
+
+
+def test_select_fps_keeps_inputs_and_drops_candidate_zero():
+    xyz = torch.tensor([[[0.0, 0, 0], [4.0, 0, 0]]])
+    # c = 3 per point: the point, then two candidates
+    cand = torch.tensor([[[0.0, 0, 0], [1.0, 0, 0], [2.0, 0, 0],
+                          [4.0, 0, 0], [3.0, 0, 0], [5.0, 0, 0]]])
+    out = select_fps(xyz, cand, 2)  # 2 picks among (1, 2, 3, 5)
+    # 2 is farthest from {0, 4} (4), then 5 (1) ties with 1 and 3 at 1: lowest index (1)
+    assert out.tolist() == [[[0.0, 0, 0], [4.0, 0, 0], [2.0, 0, 0], [1.0, 0, 0]]]
+
+
+def test_select_per_point_by_hand_avoids_a_shared_candidate():
+    """Points 0 and 2 both propose x = 1; point 0 takes it first (farthest of its own), so
+    point 2 takes its other candidate; layout: copy-major, the point first."""
+    xyz = torch.tensor([[[0.0, 0, 0], [2.0, 0, 0]]])
+    cand = torch.tensor([[[0.0, 0, 0], [1.0, 0, 0], [0.5, 0, 0],
+                          [2.0, 0, 0], [1.0, 0, 0], [3.0, 0, 0]]])
+    out = select_per_point(xyz, cand, 2)
+    assert out.tolist() == [[[0.0, 0, 0], [1.0, 0, 0], [2.0, 0, 0], [3.0, 0, 0]]]
+
+
+def test_select_per_point_gradient_reaches_chosen_candidates():
+    xyz = patch(2, 20)
+    cand = xyz.repeat_interleave(5, dim=1) + 0.01 * patch(2, 100, seed=3)
+    cand.requires_grad_(True)
+    out = select_per_point(xyz, cand, 4)
+    assert out.shape == (2, 80, 3)
+    assert torch.equal(out.reshape(2, 20, 4, 3)[:, :, 0], xyz)
+    out.sum().backward()
+    assert int((cand.grad.abs().sum(-1) > 0).sum()) == 2 * 20 * 3
+
+
+# --- the generator -------------------------------------------------------------------------
+
+
+def test_over_complete_generator_starts_as_point_plus_midpoints():
+    torch.manual_seed(0)
+    model = build_generator(small(interp_prior=30.0)).eval()
+    with torch.no_grad():
+        model.mix_head[-1].weight.zero_()
+    xyz = patch(2, 40)
+    with torch.no_grad():
+        out = model(xyz).reshape(2, 40, 7, 3)
+        dense = model.upsample(xyz)
+    _, idx = knn(xyz, xyz, 7)
+    nb = xyz[torch.arange(2)[:, None, None], idx]
+    assert torch.equal(out[:, :, 0], xyz)  # candidate 0 is exactly the point
+    torch.testing.assert_close(out[:, :, 1:], 0.5 * (xyz[:, :, None] + nb[:, :, 1:]),
+                               atol=1e-6, rtol=0)
+    assert dense.shape == (2, 160, 3) and torch.equal(dense[:, :40], xyz)
+
+
+def test_normal_shift_is_along_the_normal_and_bounded():
+    """On a plane z = 0 every copy moves along z only, by at most normal_shift x spacing."""
+    torch.manual_seed(0)
+    bound = 0.5
+    model = build_generator(small(normal_shift=bound, interp_prior=30.0)).eval()
+    with torch.no_grad():
+        model.mix_head[-1].weight.zero_()
+        model.shift_head[-1].weight.mul_(1000.0)  # saturate the tanh
+        model.shift_head[-1].bias.normal_()
+    g = torch.Generator().manual_seed(1)
+    xyz = torch.rand(1, 64, 3, generator=g) * 2 - 1
+    xyz[..., 2] = 0
+    with torch.no_grad():
+        out = model(xyz).reshape(1, 64, 7, 3)
+    _, idx = knn(xyz, xyz, 7)
+    nb = xyz[torch.zeros(1, 1, 1, dtype=torch.long), idx]
+    mid = 0.5 * (xyz[:, :, None] + nb)
+    spacing = (nb[:, :, 1:] - xyz[:, :, None]).norm(dim=-1).mean(-1)  # (1, 64)
+    torch.testing.assert_close(out[..., :2][:, :, 1:], mid[..., :2][:, :, 1:],
+                               atol=1e-6, rtol=0)
+    dz = out[..., 2][:, :, 1:].abs()
+    assert (dz <= bound * spacing[..., None] + 1e-6).all()
+    assert dz.max() > 0.5 * bound * spacing.min()  # it does move
+
+
+def test_bad_candidate_configs_are_rejected():
+    with pytest.raises(ValueError, match="candidates"):
+        small(candidates=3)
+    with pytest.raises(ValueError, match="interpolate"):
+        small(coord_base="repeat", offsets=True)
+    with pytest.raises(ValueError, match="normal_shift"):
+        small(normal_shift=-1.0)
+
+
+def test_over_complete_generator_exports_to_onnx(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from sspu_ros.models import export_onnx
+
+    torch.manual_seed(0)
+    model = build_generator(GeneratorConfig.light(
+        coord_base="interpolate", offsets=False, candidates=7, normal_shift=0.5)).eval()
+    with torch.no_grad():
+        model.shift_head[-1].weight.mul_(100.0)
+    path = export_onnx(model, tmp_path / "c.onnx", n_points=64)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    xyz = patch(3, 64, seed=5)
+    with torch.no_grad():
+        expected = model(xyz).numpy()
+    (got,) = session.run(None, {"xyz": xyz.numpy()})
+    assert got.shape == (3, 7 * 64, 3)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+# --- training and the upsampler interface ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def candidate_checkpoint(tmp_path_factory):
+    from sspu_ros.cli import main
+    from sspu_ros.cloud_io import write_cloud
+    from sspu_ros.sample_data import torus_knot_surface
+
+    d = tmp_path_factory.mktemp("cand")
+    write_cloud(d / "shape.xyz", torus_knot_surface(256))
+    assert main(["train", "--data", str(d / "shape.xyz"), "--out", str(d / "run"),
+                 "--steps", "1", "--no-progress", *TINY_TRAIN_SETS,
+                 "--set=model.coord_base=interpolate", "--set=model.offsets=false",
+                 "--set=model.candidates=6", "--set=model.normal_shift=0.5"]) == 0
+    return d / "run" / "checkpoint.pt"
+
+
+def test_upsampler_of_an_over_complete_checkpoint(candidate_checkpoint, tmp_path):
+    from sspu_ros.export import export_checkpoint
+    from sspu_ros.sample_data import torus_knot_surface
+    from sspu_ros.upsampler import load_upsampler
+
+    torch_up = load_upsampler(str(candidate_checkpoint), None)
+    assert torch_up.ratio == 4 and torch_up.copies == 6
+    x = torus_knot_surface(500, seed=3).astype(np.float32)
+    dense, sources = torch_up.upsample_with_sources(x)
+    assert dense.shape == (2000, 3) and sources.shape == (1500, 1)
+    np.testing.assert_array_equal(dense[:500], x)
+    # every generated point lies near the point it was made from
+    gap = np.linalg.norm(dense[500:] - x[sources[:, 0]], axis=1)
+    spacing = np.median(np.linalg.norm(x[1:] - x[:-1], axis=1))
+    assert gap.max() < 20 * spacing
+    patches = torch.from_numpy(x[:64])[None].numpy()
+    per_patch = torch_up.upsample_patches(patches)
+    assert per_patch.shape == (1, 256, 3)
+    np.testing.assert_array_equal(per_patch.reshape(64, 4, 3)[:, 0], x[:64])
+
+    r = export_checkpoint(candidate_checkpoint, tmp_path / "c.onnx")
+    assert r["max_abs_diff"] <= 1e-4
+    ort_up = load_upsampler(str(tmp_path / "c.onnx"), None)
+    assert ort_up.copies == 6
+    torch_up.patch_size = ort_up.patch_size
+    np.testing.assert_allclose(ort_up.upsample(x), torch_up.upsample(x), atol=1e-4)
+    np.testing.assert_allclose(ort_up.upsample_patches(patches), per_patch, atol=1e-4)
