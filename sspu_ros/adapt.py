@@ -64,7 +64,7 @@ def adapt_generator(checkpoint: str | Path, xyz: np.ndarray, steps: int, *,
         the adapted generator (eval mode, on CPU) and a summary: steps, patches, seconds,
         the first and last total loss.
     """
-    from .training.trainer import Trainer, checkpoint_train_config, load_checkpoint
+    from .training.trainer import Trainer, checkpoint_train_config, load_checkpoint, zoom_factor
 
     if steps < 1:
         raise ValueError(f"adaptation needs >= 1 step, got {steps}")
@@ -77,7 +77,8 @@ def adapt_generator(checkpoint: str | Path, xyz: np.ndarray, steps: int, *,
     if lr is not None:
         overrides["optim.lr"] = lr
     cfg = checkpoint_train_config(ckpt, overrides)
-    bank = input_patch_bank(xyz, cfg["data.patch_size"], n_patches)
+    # zoom-out term: r-times larger patches of the input (their FPS is the model's input)
+    bank = input_patch_bank(xyz, cfg["data.patch_size"] * zoom_factor(cfg), n_patches)
     with tempfile.TemporaryDirectory(prefix="sspu_adapt_") as tmp:  # Trainer needs a folder
         trainer = Trainer(cfg, tmp, init=checkpoint, progress=False, patch_bank=bank)
         losses = []

@@ -72,6 +72,9 @@ class GeneratorConfig:
     sources' normals (signs aligned) with the copy's mixing weights; the head's 3-D output d
     gives the shift normal_shift·spacing·tanh(d·n)·n, which does not depend on the
     normal's sign. Needs coord_base "interpolate"; starts at ~0 (head_init_scale).
+    learn_mix: the interpolating head's mixing weights are learned (True) or fixed at their
+    start (False: copy 0 = the point, copy j = the midpoint to neighbour j); with False and
+    offsets off, only the normal shift moves the copies.
     """
 
     ratio: int = 4
@@ -96,6 +99,7 @@ class GeneratorConfig:
     offsets: bool = True
     candidates: int = 0
     normal_shift: float = 0.0
+    learn_mix: bool = True
 
     def __post_init__(self) -> None:
         if int(self.ratio) != self.ratio or self.ratio < 2:
@@ -247,17 +251,22 @@ class Generator(nn.Module):
                 self.shift_head[-1].bias.zero_()
         if cfg.coord_base == "interpolate":
             r = self.copies
-            self.mix_head = nn.Sequential(
-                nn.Linear(cfg.channels, cfg.head_hidden), nn.ReLU(), nn.Linear(cfg.head_hidden, r)
-            )
-            with torch.no_grad():
-                self.mix_head[-1].weight.mul_(cfg.head_init_scale)
-                self.mix_head[-1].bias.zero_()
+            self.mix_head = None
+            if cfg.learn_mix:
+                self.mix_head = nn.Sequential(
+                    nn.Linear(cfg.channels, cfg.head_hidden), nn.ReLU(),
+                    nn.Linear(cfg.head_hidden, r))
+                with torch.no_grad():
+                    self.mix_head[-1].weight.mul_(cfg.head_init_scale)
+                    self.mix_head[-1].bias.zero_()
             # copy j mixes the point (slot 0) and neighbour j equally; copy 0 is the point
             prior = torch.full((r, r), -float(cfg.interp_prior))
             prior[:, 0] = 0.0
             prior[torch.arange(1, r), torch.arange(1, r)] = 0.0
-            self.mix_prior = nn.Parameter(prior)
+            if cfg.learn_mix:
+                self.mix_prior = nn.Parameter(prior)
+            else:
+                self.register_buffer("mix_prior", prior)
 
     def neighborhoods(self, xyz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """xyz (B, N, 3) -> (NEU neighbour indices (B, N, r), local-attention seeds (B, N, S)
@@ -297,7 +306,8 @@ class Generator(nn.Module):
         up = up1 + up2
         offsets = self.offset_head(up) if self.cfg.offsets else 0.0  # (B, N, r, 3)
         if self.cfg.coord_base == "interpolate":
-            weights = torch.softmax(self.mix_head(up) + self.mix_prior, dim=-1)  # (B, N, r, r)
+            logits = self.mix_prior if self.mix_head is None else self.mix_head(up) + self.mix_prior
+            weights = torch.softmax(logits, dim=-1).expand(b, n, -1, -1)  # (B, N, r, r)
             batch = torch.arange(b, device=xyz.device).view(b, 1, 1)
             neighbors = xyz[batch, neighbor_idx]  # (B, N, r, 3), slot 0 = the point
             base = weights @ neighbors  # (B, N, r, 3): copy j = sum_m w_jm * neighbour m
