@@ -75,6 +75,12 @@ class GeneratorConfig:
     learn_mix: the interpolating head's mixing weights are learned (True) or fixed at their
     start (False: copy 0 = the point, copy j = the midpoint to neighbour j); with False and
     offsets off, only the normal shift moves the copies.
+    phong: Phong-tessellation shape factor alpha in [0, 1] of the interpolated copies (0 =
+    off): a copy b = sum_m w_m p_m is replaced by (1 - alpha) b + alpha sum_m w_m pi_m(b),
+    pi_m(b) = b - ((b - p_m).n_m) n_m its projection onto the tangent plane of source m
+    (Boubekeur & Alexa 2008). A chord's midpoint on a sphere of radius R moves outward by
+    alpha L^2 / (8R): onto the surface at alpha = 1. Normals as for normal_shift (their sign
+    does not matter). Fixed geometry, no parameters; the learned normal shift acts on top.
     """
 
     ratio: int = 4
@@ -100,6 +106,7 @@ class GeneratorConfig:
     candidates: int = 0
     normal_shift: float = 0.0
     learn_mix: bool = True
+    phong: float = 0.0
 
     def __post_init__(self) -> None:
         if int(self.ratio) != self.ratio or self.ratio < 2:
@@ -123,6 +130,10 @@ class GeneratorConfig:
             raise ValueError(f"normal_shift must be >= 0, got {self.normal_shift}")
         if self.normal_shift > 0 and self.coord_base != "interpolate":
             raise ValueError("normal_shift > 0 needs coord_base='interpolate'")
+        if not 0.0 <= self.phong <= 1.0:
+            raise ValueError(f"phong must be in [0, 1], got {self.phong}")
+        if self.phong > 0 and self.coord_base != "interpolate":
+            raise ValueError("phong > 0 needs coord_base='interpolate'")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         for name in (
@@ -311,24 +322,46 @@ class Generator(nn.Module):
             batch = torch.arange(b, device=xyz.device).view(b, 1, 1)
             neighbors = xyz[batch, neighbor_idx]  # (B, N, r, 3), slot 0 = the point
             base = weights @ neighbors  # (B, N, r, 3): copy j = sum_m w_jm * neighbour m
+            normals = None
+            if self.shift_head is not None or self.cfg.phong > 0:
+                _, normal_idx = knn(xyz, xyz, self.cfg.knn_k, chunk_size=n)  # (B, N, k)
+                normals = local_normals(xyz, normal_idx)  # (B, N, 3), arbitrary signs
+            if self.cfg.phong > 0:
+                base = self._phong(base, neighbors, neighbor_idx, weights, normals)
             if self.shift_head is not None:
-                base = base + self._normal_shift(xyz, neighbors, neighbor_idx, weights, up)
+                base = base + self._normal_shift(xyz, neighbors, neighbor_idx, weights, up,
+                                                 normals)
             if self.copies > self.ratio:  # candidate 0 is the point itself, exactly
                 base = torch.cat([xyz.unsqueeze(2), base[:, :, 1:]], dim=2)
         else:
             base = xyz.unsqueeze(2)
         return (base + offsets).reshape(b, n * self.copies, 3)
 
+    def _phong(self, base: torch.Tensor, neighbors: torch.Tensor, neighbor_idx: torch.Tensor,
+               weights: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
+        """Phong tessellation of the interpolated copies (see GeneratorConfig.phong).
+
+        base (B, N, c, 3): copy j = sum_m w_jm p_m; neighbors (B, N, c, 3) the sources p_m,
+        neighbor_idx (B, N, c) their indices; weights (B, N, c, c); normals (B, N, 3)."""
+        b = base.shape[0]
+        batch = torch.arange(b, device=base.device).view(b, 1, 1)
+        nb_normals = normals[batch, neighbor_idx]  # (B, N, c_m, 3)
+        # height of copy j over the tangent plane of source m: (B, N, c_j, c_m)
+        rel = base.unsqueeze(3) - neighbors.unsqueeze(2)  # (B, N, c_j, c_m, 3)
+        height = (rel * nb_normals.unsqueeze(2)).sum(-1)
+        # sum_m w_jm pi_m(b_j) = b_j - sum_m w_jm height_jm n_m
+        correction = (weights * height) @ nb_normals  # (B, N, c_j, 3)
+        return base - self.cfg.phong * correction
+
     def _normal_shift(self, xyz: torch.Tensor, neighbors: torch.Tensor,
                       neighbor_idx: torch.Tensor, weights: torch.Tensor,
-                      up: torch.Tensor) -> torch.Tensor:
+                      up: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
         """The bounded displacement along the local normal of every copy: (B, N, c, 3).
 
         neighbors (B, N, c, 3) / neighbor_idx (B, N, c): each point's c nearest points
-        (itself first); weights (B, N, c, c): the copies' mixing weights; up: (B, N, c, C)."""
+        (itself first); weights (B, N, c, c): the copies' mixing weights; up: (B, N, c, C);
+        normals (B, N, 3) of the points (arbitrary signs)."""
         b, n = xyz.shape[:2]
-        _, normal_idx = knn(xyz, xyz, self.cfg.knn_k, chunk_size=n)  # (B, N, k)
-        normals = local_normals(xyz, normal_idx)  # (B, N, 3), arbitrary signs
         batch = torch.arange(b, device=xyz.device).view(b, 1, 1)
         nb_normals = normals[batch, neighbor_idx]  # (B, N, c, 3)
         sign = torch.sign((nb_normals * normals.unsqueeze(2)).sum(-1, keepdim=True) + 1e-12)

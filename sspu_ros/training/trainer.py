@@ -56,7 +56,8 @@ def generator_config(cfg: Mapping[str, Any]) -> GeneratorConfig:
             "coord_base": cfg["model.coord_base"], "offsets": cfg["model.offsets"],
             "candidates": cfg.get("model.candidates", 0),
             "normal_shift": cfg.get("model.normal_shift", 0.0),
-            "learn_mix": cfg.get("model.learn_mix", True)}
+            "learn_mix": cfg.get("model.learn_mix", True),
+            "phong": cfg.get("model.phong", 0.0)}
     if cfg["model.channels"]:
         over["channels"] = cfg["model.channels"]
     if cfg["model.knn_k"]:
