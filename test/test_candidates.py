@@ -226,3 +226,44 @@ def test_upsampler_of_an_over_complete_checkpoint(candidate_checkpoint, tmp_path
     torch_up.patch_size = ort_up.patch_size
     np.testing.assert_allclose(ort_up.upsample(x), torch_up.upsample(x), atol=1e-4)
     np.testing.assert_allclose(ort_up.upsample_patches(patches), per_patch, atol=1e-4)
+
+
+# --- Phong tessellation ------------------------------------------------------------------
+
+
+def test_phong_moves_a_chord_midpoint_by_hand():
+    """Two points of the unit circle at +-30 deg with radial normals: the midpoint
+    (cos t, 0, 0) moves outward by alpha * sin(t)^2 * cos(t) (computed by hand)."""
+    model = build_generator(small(candidates=0, ratio=2, phong=0.5))
+    t = np.pi / 6
+    pts = torch.tensor([[[np.cos(t), np.sin(t), 0.0], [np.cos(t), -np.sin(t), 0.0]]],
+                       dtype=torch.float32)
+    normals = pts.clone()  # radial, unit
+    idx = torch.tensor([[[0, 1], [1, 0]]])  # self first, then the other point
+    neighbors = pts[0][idx]  # (1, 2, 2, 3)
+    weights = torch.tensor([[1.0, 0.0], [0.5, 0.5]]).expand(1, 2, 2, 2)
+    base = weights @ neighbors  # copy 0 = the point, copy 1 = the midpoint
+    out = model._phong(base, neighbors, idx, weights, normals)
+    expected_x = np.cos(t) + 0.5 * np.sin(t) ** 2 * np.cos(t)
+    torch.testing.assert_close(out[0, :, 1], torch.tensor([[expected_x, 0, 0]] * 2,
+                                                           dtype=torch.float32))
+    torch.testing.assert_close(out[0, :, 0], pts[0])  # the point is on its own plane
+
+
+def test_phong_keeps_a_plane_and_brings_sphere_midpoints_closer():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(4)
+    plane = torch.rand(1, 128, 3, generator=g) * 2 - 1
+    plane[..., 2] = 0.3 * plane[..., 0] - 0.2 * plane[..., 1]
+    sphere = torch.randn(1, 512, 3, generator=g)
+    sphere = sphere / sphere.norm(dim=-1, keepdim=True)
+    flat = build_generator(small(interp_prior=30.0)).eval()
+    curved = build_generator(small(interp_prior=30.0, phong=0.5)).eval()
+    curved.load_state_dict(flat.state_dict())
+    with torch.no_grad():
+        flat.mix_head[-1].weight.zero_()
+        curved.mix_head[-1].weight.zero_()
+        torch.testing.assert_close(curved(plane), flat(plane), atol=1e-5, rtol=0)
+        err_flat = (flat(sphere).norm(dim=-1) - 1).abs().mean()
+        err_curved = (curved(sphere).norm(dim=-1) - 1).abs().mean()
+    assert err_curved < 0.35 * err_flat  # measured 0.0008 vs 0.0030 (copies 0 included)

@@ -78,9 +78,11 @@ class GeneratorConfig:
     phong: Phong-tessellation shape factor alpha in [0, 1] of the interpolated copies (0 =
     off): a copy b = sum_m w_m p_m is replaced by (1 - alpha) b + alpha sum_m w_m pi_m(b),
     pi_m(b) = b - ((b - p_m).n_m) n_m its projection onto the tangent plane of source m
-    (Boubekeur & Alexa 2008). A chord's midpoint on a sphere of radius R moves outward by
-    alpha L^2 / (8R): onto the surface at alpha = 1. Normals as for normal_shift (their sign
-    does not matter). Fixed geometry, no parameters; the learned normal shift acts on top.
+    (Boubekeur & Alexa 2008). The midpoint of a chord of length L = 2R sin(t) of a circle of
+    radius R moves outward by alpha R sin(t)^2 cos(t) ~ alpha L^2 / (4R), twice the sagitta
+    L^2 / (8R): alpha = 1/2 puts it on the circle (to second order), larger values
+    overshoot. Normals as for normal_shift (their sign does not matter). Fixed geometry, no
+    parameters; the learned normal shift acts on top.
     """
 
     ratio: int = 4
