@@ -81,42 +81,65 @@ def select_fps(xyz: torch.Tensor, candidates: torch.Tensor, ratio: int) -> torch
     return torch.cat([xyz, chosen], dim=1)
 
 
-def select_per_point(xyz: torch.Tensor, candidates: torch.Tensor, ratio: int) -> torch.Tensor:
+def select_per_point(xyz: torch.Tensor, candidates: torch.Tensor, ratio: int, *,
+                     local_k: int = 16) -> torch.Tensor:
     """Exactly r copies per point: the point, then r-1 of its own candidates.
 
     r-1 rounds; in each round the points take turns in index order, and each takes its
     not-yet-taken candidate that is farthest from the input points and everything taken so
-    far (squared distance; ties to the lowest candidate index). Sequential over points,
-    vectorized over the batch.
+    far (squared distance; ties to the lowest candidate index). Distances are kept for the
+    candidates of each point's ``local_k`` nearest points (itself included) only: a pick
+    updates the candidates of the picking point's neighbourhood, and a candidate's initial
+    distance is to the nearest of its point's neighbours (candidates lie within about one
+    spacing of their point, so farther ones rarely matter; exact when local_k >= N).
+    Sequential over points, vectorized over the batch.
 
     Args:
         xyz: (B, N, 3) input points.
         candidates: (B, N·c, 3), copy-major, c >= r candidates per point, candidate 0 the
             point itself (not chosen: the point is copy 0 of the output).
+        local_k: neighbourhood size of the distance updates.
 
     Returns:
         (B, r·N, 3) copy-major: row ``i*r`` is point i, rows ``i*r + 1 .. i*r + r-1`` its
         chosen candidates in pick order (differentiable with respect to them).
     """
+    from .geometry import knn
+
     b, n, _ = xyz.shape
     c = candidates.shape[1] // n
     if candidates.shape[1] != c * n or not 2 <= ratio <= c:
         raise ValueError(f"expected (B, c*{n}, 3) candidates with c >= ratio={ratio}, got "
                          f"{tuple(candidates.shape)}")
     others = candidates.reshape(b, n, c, 3)[:, :, 1:]  # (B, N, c-1, 3)
+    k = min(int(local_k), n)
     with torch.no_grad():
-        cand = others.detach().reshape(b, n * (c - 1), 3)
-        d2 = torch.cdist(cand, xyz.detach()).square().amin(-1).reshape(b, n, c - 1)
-        flat = d2.view(b, n * (c - 1))
-        pick = torch.empty(b, n, ratio - 1, dtype=torch.long, device=xyz.device)
+        pts = xyz.detach()
+        cand = others.detach()
+        _, nbr = knn(pts, pts, k)  # (B, N, k), self included
         rows = torch.arange(b, device=xyz.device)
+        nb_pts = pts[rows[:, None, None], nbr]  # (B, N, k, 3)
+        d2 = (cand[:, :, :, None] - nb_pts[:, :, None]).square().sum(-1).amin(-1)  # (B,N,c-1)
+        m = c - 1
+        # flat views: candidate (b, q, s) is row (b*N + q)*m + s; one small gather / scatter
+        # per pick instead of advanced indexing on the 4-D tensors
+        d2 = d2.reshape(-1).contiguous()
+        flat_cand = cand.reshape(-1, 3)
+        own = ((rows[:, None] * n + nbr.reshape(b, -1)) * m).reshape(b, n, k, 1)
+        nb_flat = (own + torch.arange(m, device=xyz.device)).reshape(b, n, k * m)  # (B,N,km)
+        nb_flat = nb_flat.transpose(0, 1).contiguous()  # (N, B, k*m)
+        start = rows * n * m  # (B,)
+        pick = torch.empty(b, n, ratio - 1, dtype=torch.long, device=xyz.device)
         for t in range(ratio - 1):
             for i in range(n):
-                j = d2[:, i].argmax(-1)  # (B,)
+                j = d2.view(b, n, m)[:, i].argmax(-1)  # (B,)
                 pick[:, i, t] = j
-                p = others[rows, i, j].detach()  # (B, 3)
-                torch.minimum(flat, (cand - p[:, None]).square().sum(-1), out=flat)
-                d2[rows, i, j] = -1.0
+                sel = start + i * m + j
+                p = flat_cand[sel]  # (B, 3)
+                idx = nb_flat[i]  # (B, k*m)
+                local = (flat_cand[idx] - p[:, None]).square().sum(-1)
+                d2[idx] = torch.minimum(d2[idx], local)
+                d2[sel] = -1.0
     chosen = torch.gather(others, 2, pick[..., None].expand(-1, -1, -1, 3))  # (B,N,r-1,3)
     return torch.cat([xyz[:, :, None], chosen], dim=2).reshape(b, n * ratio, 3)
 

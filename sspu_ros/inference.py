@@ -19,7 +19,8 @@ Over-complete generators (``candidates`` c > r copies per point, candidate 0 = t
 the merge pools c-1 candidates per point (with "owner": those of the point's owner patch;
 with "fps": those of every patch) and keeps the N input points plus (r-1)·N candidates
 chosen by farthest point sampling that starts from the input points
-(:func:`sspu_ros.baselines.fps_extend`, over the whole normalized shape), as the MLS + FPS
+(:func:`sspu_ros.candidate_selection.fps_extend_numpy`, the same picks as
+:func:`sspu_ros.baselines.fps_extend`, over the whole normalized shape), as the MLS + FPS
 baseline does; the output always starts with the N input points then.
 """
 
@@ -159,7 +160,7 @@ def _select_candidates(pts: torch.Tensor, shape: torch.Tensor, centroid: torch.T
 
     pts (N, 3) original points; shape (N, 3) normalized; dense (P, c·K, 3) candidates in
     shape coordinates; idx (P, K) patch indices."""
-    from .baselines import fps_extend
+    from .candidate_selection import fps_extend_numpy as fps_extend
 
     n = shape.shape[0]
     p, k = idx.shape

@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from sspu_ros.baselines import fps_extend
-from sspu_ros.candidate_selection import fps_extend_torch, select_fps, select_per_point
+from sspu_ros.candidate_selection import (
+    fps_extend_numpy,
+    fps_extend_torch,
+    select_fps,
+    select_per_point,
+)
 from sspu_ros.geometry import knn
 from sspu_ros.models import GeneratorConfig, build_generator
 from sspu_ros.models.generator import local_normals
@@ -75,6 +80,17 @@ def test_fps_extend_torch_matches_numpy_fps_extend():
     got = fps_extend_torch(torch.from_numpy(fixed), torch.from_numpy(cand), 50)
     for b in range(2):
         assert got[b].tolist() == fps_extend(fixed[b], cand[b], 50).tolist()
+
+
+def test_fps_extend_numpy_matches_fps_extend():
+    g = np.random.default_rng(1)
+    fixed, cand = g.standard_normal((100, 3)), g.standard_normal((700, 3))
+    assert fps_extend_numpy(fixed, cand, 300).tolist() == fps_extend(fixed, cand, 300).tolist()
+    assert fps_extend_numpy(np.zeros((0, 3)), cand, 5).tolist() == \
+        fps_extend(np.zeros((0, 3)), cand, 5).tolist()
+    fixed1 = np.zeros((1, 3))
+    cand1 = np.array([[1.0, 0, 0], [3.0, 0, 0], [2.0, 0, 0]])
+    assert fps_extend_numpy(fixed1, cand1, 2).tolist() == [1, 0]
 
 
 def test_select_fps_keeps_inputs_and_drops_candidate_zero():
