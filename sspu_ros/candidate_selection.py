@@ -136,9 +136,10 @@ def select_per_point(xyz: torch.Tensor, candidates: torch.Tensor, ratio: int, *,
                 pick[:, i, t] = j
                 sel = start + i * m + j
                 p = flat_cand[sel]  # (B, 3)
-                idx = nb_flat[i]  # (B, k*m)
-                local = (flat_cand[idx] - p[:, None]).square().sum(-1)
-                d2[idx] = torch.minimum(d2[idx], local)
+                idx = nb_flat[i].reshape(-1)  # (B*k*m,)
+                near = flat_cand.index_select(0, idx).view(b, k * m, 3)
+                local = (near - p[:, None]).square().sum(-1).reshape(-1)
+                d2.scatter_reduce_(0, idx, local, reduce="amin")
                 d2[sel] = -1.0
     chosen = torch.gather(others, 2, pick[..., None].expand(-1, -1, -1, 3))  # (B,N,r-1,3)
     return torch.cat([xyz[:, :, None], chosen], dim=2).reshape(b, n * ratio, 3)
