@@ -193,7 +193,8 @@ class Trainer:
         self.model = build_generator(self.gen_cfg).to(self.device)
         if init is not None:
             _, ck = load_generator(init)
-            if ck["generator"] != asdict(self.gen_cfg):
+            # through GeneratorConfig: checkpoints written before an option existed lack it
+            if asdict(GeneratorConfig(**ck["generator"])) != asdict(self.gen_cfg):
                 raise ValueError(f"--init {init}: its architecture {ck['generator']} differs "
                                  f"from the configured one {asdict(self.gen_cfg)}")
             self.model.load_state_dict(ck["model"])
