@@ -5,6 +5,7 @@ state, the bound of the shift, ONNX export and the upsampler interface."""
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_TRAIN_SETS
 
 from sspu_ros.baselines import fps_extend
 from sspu_ros.candidate_selection import (
@@ -16,8 +17,6 @@ from sspu_ros.candidate_selection import (
 from sspu_ros.geometry import knn
 from sspu_ros.models import GeneratorConfig, build_generator
 from sspu_ros.models.generator import local_normals
-
-from conftest import TINY_TRAIN_SETS
 
 
 def small(**overrides) -> GeneratorConfig:
