@@ -35,6 +35,19 @@ def test_upsample_drops_nan_and_honours_ratio(tmp_path, capsys):
     assert "dropped 1 point" in capsys.readouterr().err
 
 
+def test_upsample_defaults_to_the_shipped_object_model(tmp_path, capsys):
+    from sspu_ros.runtime.model_files import available_models
+
+    if "sspu_x4" not in available_models():
+        pytest.skip("models/sspu_x4 is not shipped in this checkout")
+    from sspu_ros.simulation.sample_surface import torus_knot_surface
+
+    write_cloud(tmp_path / "in.xyz", torus_knot_surface(300, seed=1))
+    assert main(["upsample", str(tmp_path / "in.xyz"), "-o", str(tmp_path / "o.xyz")]) == 0
+    assert "model sspu_x4" in capsys.readouterr().out
+    assert read_cloud(tmp_path / "o.xyz").xyz.shape == (1200, 3)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["upsample", "{tmp}/missing.ply", "-o", "{tmp}/o.ply"], "missing.ply"),
     (["upsample", "{tmp}/tiny.xyz", "-o", "{tmp}/o.ply"], "too few"),

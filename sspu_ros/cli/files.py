@@ -42,7 +42,20 @@ def _upsample_file(src: str, dst: str, cfg, adapt: int = 0) -> dict:
             "seconds": round(seconds, 4), "adapt": adapted}
 
 
+# `sspu upsample` (whole object clouds) defaults to the shipped object-surface model, which
+# beats the classical MLS + FPS resampling on the PU-GAN dev split (issue #11); the node's
+# default (the config's 'model') stays the CPU-real-time midpoint upsampler.
+UPSAMPLE_DEFAULT_MODEL = "sspu_x4"
+UPSAMPLE_DEFAULT_RATIO = 4  # its ratio: another --ratio falls back to the config's 'model'
+
+
 def cmd_upsample(args: argparse.Namespace) -> int:
+    if args.model is None and args.config is None and args.ratio in (None,
+                                                                     UPSAMPLE_DEFAULT_RATIO):
+        from ..runtime.model_files import available_models
+
+        if UPSAMPLE_DEFAULT_MODEL in available_models():
+            args.model = UPSAMPLE_DEFAULT_MODEL
     cfg = _load_config(args)
     r = _upsample_file(args.input, args.output, cfg, adapt=args.adapt)
     a = r["adapt"]
@@ -128,7 +141,9 @@ def add_subcommands(sub) -> None:
     p = sub.add_parser("upsample", help="upsample a point-cloud file (.xyz .ply .pcd .bin .npy)")
     p.add_argument("input")
     p.add_argument("-o", "--output", required=True, help="output file; format from extension")
-    add_model_arguments(p)
+    add_model_arguments(p, model_help=(
+        f"upsampler (default: {UPSAMPLE_DEFAULT_MODEL}, the shipped object-surface model, "
+        "when installed, with no --config and ratio 4; else the config's 'model')"))
     p.add_argument("--adapt", type=int, default=0, metavar="STEPS",
                    help="first fine-tune a copy of the .pt model on the input's own patches "
                    "for STEPS self-supervised steps (test-time adaptation)")
