@@ -12,7 +12,7 @@ from sspu_ros.io.cloud_files import read_cloud, write_cloud
 
 SUBCOMMANDS = ["upsample", "sample", "demo", "convert", "info", "config", "bench", "train",
                "export", "doctor", "build-engine", "kitti2bag", "densify-bag", "play",
-               "record", "finetune", "densify"]
+               "record", "finetune", "densify", "scan-info"]
 
 
 def test_help_lists_subcommands():

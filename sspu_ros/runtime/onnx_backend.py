@@ -19,6 +19,9 @@ class OnnxUpsampler:
     """An exported generator (``sspu export``) run by ONNX Runtime with the patch protocol."""
 
     backend = "onnxruntime"
+    #: () -> Upsampler for clouds smaller than one exported patch (set by the loader when
+    #: the model's .pt is at hand: PyTorch takes any patch size); None: a ModelError
+    small_clouds = None
 
     def __init__(self, path: Path, ratio: int | None = None,
                  providers: list[str] | None = None, session_options=None) -> None:
@@ -67,6 +70,8 @@ class OnnxUpsampler:
     def upsample(self, xyz: np.ndarray) -> np.ndarray:
         from .patch_inference import upsample_with_patches
 
+        if xyz.shape[0] < self.patch_size and self.small_clouds is not None:
+            return self.small_clouds().upsample(xyz)
         if xyz.shape[0] < self.patch_size:
             raise ModelError(f"{self.name} was exported for {self.patch_size}-point patches; "
                              f"the cloud has {xyz.shape[0]} points (use the .pt checkpoint "
@@ -76,6 +81,8 @@ class OnnxUpsampler:
 
     def upsample_with_sources(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if xyz.shape[0] < self.patch_size:
+            if self.small_clouds is not None:
+                return self.small_clouds().upsample_with_sources(xyz)
             self.upsample(xyz)  # raises the ModelError that explains it
         return _with_sources(self, xyz, self._patches)
 
