@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the shipped models in models/ (the exact commands behind their manifests).
 #   bash scripts/train_models.sh [RUNS_DIR]        (default runs/)
-# 2-core CPU: sspu_x4 ~9 min (100 steps of batch 28, shared cores), sspu_x4_lidar 8 min of
+# 2-core CPU: sspu_x4 ~19 min (200 steps of batch 28, shared cores), sspu_x4_lidar 8 min of
 # fine-tuning.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +25,7 @@ PY
 # inference keeps the inputs plus farthest point sampling of the candidates. Self-supervised
 # on points sampled from the 15 object meshes of $DATA/meshes/objects (no PU-GAN shape, no
 # ground truth): paper loss weights 100/30/10/25 plus the zoom-out term (weight 1e5).
-$SSPU train --data "$DATA/meshes/objects" --out "$RUNS/sspu_x4" --steps 100 \
+$SSPU train --data "$DATA/meshes/objects" --out "$RUNS/sspu_x4" --steps 200 \
   --set model.preset=light --set model.coord_base=interpolate --set model.offsets=false \
   --set model.candidates=7 --set model.normal_shift=0.5 --set model.learn_mix=false \
   --set model.phong=0.75 --set loss.zoom=100000 --set run.checkpoint_every=50 --no-progress

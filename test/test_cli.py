@@ -44,8 +44,14 @@ def test_upsample_defaults_to_the_shipped_object_model(tmp_path, capsys):
 
     write_cloud(tmp_path / "in.xyz", torus_knot_surface(300, seed=1))
     assert main(["upsample", str(tmp_path / "in.xyz"), "-o", str(tmp_path / "o.xyz")]) == 0
-    assert "model sspu_x4" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "sspu_x4" in out and "backend torch" in out
     assert read_cloud(tmp_path / "o.xyz").xyz.shape == (1200, 3)
+    # a cloud smaller than the model takes falls back to the midpoints, with a note
+    write_cloud(tmp_path / "small.xyz", torus_knot_surface(8, seed=1))
+    assert main(["upsample", str(tmp_path / "small.xyz"), "-o", str(tmp_path / "s.xyz")]) == 0
+    assert "using the midpoint upsampler" in capsys.readouterr().err
+    assert read_cloud(tmp_path / "s.xyz").xyz.shape == (32, 3)
 
 
 @pytest.mark.parametrize("argv, message", [
