@@ -119,7 +119,8 @@ INF_BUT_3 = np.concatenate([np.full((20, 3), np.inf, np.float32), np.eye(3, dtyp
     ("in.npy", NAN, [], "the cloud has no (finite) points"),
     ("in.npy", INF_BUT_3, [], "3 point(s) is too few"),
     ("in.xyz", b"1 2 3\n", ["--adapt", "-1"], "--adapt must be >= 0"),
-    ("in.xyz", b"1 2 3\n", ["--adapt", "2"], "'midpoint' has nothing to train"),
+    ("in.xyz", b"1 2 3\n", ["--adapt", "2", "--model", "midpoint"],
+     "'midpoint' has nothing to train"),
 ])
 def test_upsample_input_errors_are_one_line(tmp_path, capsys, name, content, extra, message):
     src = tmp_path / name if content is None else _write(tmp_path, name, content)

@@ -306,3 +306,18 @@ def test_checkpoint_train_config_layers_defaults_checkpoint_and_overrides():
     assert checkpoint_train_config({}, {})["data.patch_size"] == defaults["data.patch_size"]
     with pytest.raises(ConfigError, match="optim.lr"):
         checkpoint_train_config(ckpt, {"optim.lr": "fast"})
+
+
+def test_onnx_runs_clouds_smaller_than_a_patch_through_the_checkpoint(shipped):
+    """A shipped model (NAME.pt + NAME.onnx) run by ONNX Runtime takes a cloud smaller than
+    its exported patch through its .pt (PyTorch takes any patch size); an .onnx alone says
+    why it cannot."""
+    x = torus_knot_surface(K - 10, seed=4)
+    up = load_upsampler("tiny", None, backend="onnxruntime")
+    ref = TorchUpsampler(shipped / "tiny.pt", device="cpu")
+    np.testing.assert_allclose(up.upsample(x), ref.upsample(x), atol=1e-5)
+    dense, sources = up.upsample_with_sources(x)
+    assert dense.shape == (R * len(x), 3) and len(sources) == (R - 1) * len(x)
+    alone = load_upsampler(str(shipped / "tiny.onnx"), None, backend="onnxruntime")
+    with pytest.raises(ModelError, match="smaller than a patch"):
+        alone.upsample(x)

@@ -35,6 +35,25 @@ def test_upsample_drops_nan_and_honours_ratio(tmp_path, capsys):
     assert "dropped 1 point" in capsys.readouterr().err
 
 
+def test_upsample_defaults_to_the_shipped_object_model(tmp_path, capsys):
+    from sspu_ros.runtime.model_files import available_models
+
+    if "sspu_x4" not in available_models():
+        pytest.skip("models/sspu_x4 is not shipped in this checkout")
+    from sspu_ros.simulation.sample_surface import torus_knot_surface
+
+    write_cloud(tmp_path / "in.xyz", torus_knot_surface(300, seed=1))
+    assert main(["upsample", str(tmp_path / "in.xyz"), "-o", str(tmp_path / "o.xyz")]) == 0
+    out = capsys.readouterr().out
+    assert "sspu_x4" in out and "backend torch" in out
+    assert read_cloud(tmp_path / "o.xyz").xyz.shape == (1200, 3)
+    # a cloud smaller than the model takes falls back to the midpoints, with a note
+    write_cloud(tmp_path / "small.xyz", torus_knot_surface(8, seed=1))
+    assert main(["upsample", str(tmp_path / "small.xyz"), "-o", str(tmp_path / "s.xyz")]) == 0
+    assert "using the midpoint upsampler" in capsys.readouterr().err
+    assert read_cloud(tmp_path / "s.xyz").xyz.shape == (32, 3)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["upsample", "{tmp}/missing.ply", "-o", "{tmp}/o.ply"], "missing.ply"),
     (["upsample", "{tmp}/tiny.xyz", "-o", "{tmp}/o.ply"], "too few"),

@@ -52,9 +52,10 @@ def _parse_sets(items: list[str] | None) -> dict:
     return out
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
+def add_model_arguments(p: argparse.ArgumentParser, *,
+                        model_help: str = "upsampler (default: the config's 'model')") -> None:
     """``--model``, ``--ratio``, ``--config``, ``--backend``: which upsampler runs."""
-    p.add_argument("--model", help="upsampler (default: the config's 'model')")
+    p.add_argument("--model", help=model_help)
     p.add_argument("--ratio", type=int, help="upsampling ratio (default: config 'ratio')")
     p.add_argument("--config", help="ROS 2 parameter YAML overriding the defaults")
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
@@ -12,7 +13,8 @@ from ..errors import UsageError
 from .common import _finite_points, _load_config, add_model_arguments
 
 
-def _upsample_file(src: str, dst: str, cfg, adapt: int = 0) -> dict:
+def _upsample_file(src: str, dst: str, cfg, adapt: int = 0,
+                   implicit_model: bool = False) -> dict:
     from ..io.cloud_files import read_cloud, write_cloud
     from ..runtime.loading import load_upsampler
 
@@ -25,6 +27,12 @@ def _upsample_file(src: str, dst: str, cfg, adapt: int = 0) -> dict:
     upsampler = load_upsampler(cfg["model"], cfg["ratio"], config=cfg)
     cloud = read_cloud(src)
     xyz = _finite_points(cloud.xyz, src, cfg["ratio"])
+    model_cfg = getattr(getattr(upsampler, "model", None), "cfg", None)
+    if (implicit_model and not adapt and model_cfg is not None
+            and xyz.shape[0] < model_cfg.min_points()):
+        print(f"sspu: {src}: {xyz.shape[0]} points is fewer than {upsampler.name} takes "
+              f"({model_cfg.min_points()}); using the midpoint upsampler", file=sys.stderr)
+        upsampler = load_upsampler("midpoint", cfg["ratio"], config=cfg)
     t0 = time.perf_counter()
     adapted = {}
     if adapt:
@@ -42,9 +50,27 @@ def _upsample_file(src: str, dst: str, cfg, adapt: int = 0) -> dict:
             "seconds": round(seconds, 4), "adapt": adapted}
 
 
+# `sspu upsample` (whole object clouds) defaults to the shipped object-surface model, which
+# beats the classical MLS + FPS resampling on the PU-GAN dev split (issue #11); the node's
+# default (the config's 'model') stays the CPU-real-time midpoint upsampler.
+UPSAMPLE_DEFAULT_MODEL = "sspu_x4"
+UPSAMPLE_DEFAULT_RATIO = 4  # its ratio: another --ratio falls back to the config's 'model'
+
+
 def cmd_upsample(args: argparse.Namespace) -> int:
+    implicit = False
+    if args.model is None and args.config is None and args.ratio in (None,
+                                                                     UPSAMPLE_DEFAULT_RATIO):
+        from ..runtime.model_files import available_models
+
+        if UPSAMPLE_DEFAULT_MODEL in available_models():
+            args.model = UPSAMPLE_DEFAULT_MODEL
+            implicit = True
+            if args.backend is None:  # PyTorch takes clouds smaller than the ONNX patch size
+                args.backend = "torch"
     cfg = _load_config(args)
-    r = _upsample_file(args.input, args.output, cfg, adapt=args.adapt)
+    r = _upsample_file(args.input, args.output, cfg, adapt=args.adapt,
+                       implicit_model=implicit)
     a = r["adapt"]
     adapted = (f", adapted {a['steps']} steps on {a['patches']} patches of the input in "
                f"{a['seconds']:.1f} s, loss {a['loss_first']:.4g} -> {a['loss_last']:.4g}"
@@ -128,7 +154,10 @@ def add_subcommands(sub) -> None:
     p = sub.add_parser("upsample", help="upsample a point-cloud file (.xyz .ply .pcd .bin .npy)")
     p.add_argument("input")
     p.add_argument("-o", "--output", required=True, help="output file; format from extension")
-    add_model_arguments(p)
+    add_model_arguments(p, model_help=(
+        f"upsampler (default: {UPSAMPLE_DEFAULT_MODEL}, the shipped object-surface model, run "
+        "by PyTorch unless --backend, when installed, with no --config and ratio 4; else the "
+        "config's 'model')"))
     p.add_argument("--adapt", type=int, default=0, metavar="STEPS",
                    help="first fine-tune a copy of the .pt model on the input's own patches "
                    "for STEPS self-supervised steps (test-time adaptation)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..geometry.candidate_selection import fps_extend_numpy as fps_extend
 from ..geometry.knn_numpy import NeighborIndex, nearest_neighbors
 from ..runtime.midpoint import _drop_self
 
@@ -29,45 +30,6 @@ def _normalize(pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     c = pts.mean(axis=0)
     r = max(float(np.linalg.norm(pts - c, axis=1).max()), 1e-12)
     return (pts - c) / r, c, r
-
-
-def fps_extend(fixed: np.ndarray, candidates: np.ndarray, n: int) -> np.ndarray:
-    """Farthest point sampling of ``n`` candidates, starting from an already chosen set.
-
-    Every pick is the candidate farthest from the union of ``fixed`` and the candidates
-    picked so far (one iteration per pick, vectorized over the candidates); ties go to the
-    lowest index.
-
-    Args:
-        fixed: (F, 3) points already kept (F >= 0).
-        candidates: (M, 3) points to choose from.
-        n: picks, 0 <= n <= M.
-
-    Returns:
-        (n,) int64 indices into ``candidates``, in pick order.
-    """
-    m = candidates.shape[0]
-    if not 0 <= n <= m:
-        raise ValueError(f"n must be in [0, {m}], got {n}")
-    cand = np.ascontiguousarray(np.asarray(candidates, dtype=np.float64).T)  # (3, M)
-    if fixed.shape[0]:
-        d2 = nearest_neighbors(fixed, cand.T)[0] ** 2
-    else:
-        d2 = np.full(m, np.inf)
-    out = np.empty(n, dtype=np.int64)
-    dist, term = np.empty(m), np.empty(m)
-    for i in range(n):
-        j = int(d2.argmax())
-        out[i] = j
-        np.subtract(cand[0], cand[0, j], out=dist)
-        np.multiply(dist, dist, out=dist)
-        for c in (1, 2):
-            np.subtract(cand[c], cand[c, j], out=term)
-            np.multiply(term, term, out=term)
-            dist += term
-        np.minimum(d2, dist, out=d2)
-        d2[j] = -1.0
-    return out
 
 
 def _local_frames(nb: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -65,7 +65,8 @@ def export_checkpoint(checkpoint: str | Path, onnx_path: str | Path, *, opset: i
     sha = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
     meta = {"sspu.ratio": str(model.ratio), "sspu.patch_size": str(patch_size),
             "sspu.generator": json.dumps(ckpt["generator"]), "sspu.checkpoint_sha256": sha,
-            "sspu.step": str(ckpt.get("step", "")), "sspu.precision": precision}
+            "sspu.step": str(ckpt.get("step", "")), "sspu.precision": precision,
+            "sspu.candidates": str(model.copies)}
     for key, value in meta.items():
         entry = graph.metadata_props.add()
         entry.key, entry.value = key, value

@@ -26,6 +26,7 @@ are checked for parity (``sspu export``) and cached under the cache folder's ``o
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -157,6 +158,9 @@ def load_model(model: str, ratio: int | None, backend: str = "auto", *,
     elif chosen == "onnxruntime":
         onnx = files.onnx or exported_onnx(files.pt, cache_dir)
         up = OrtUpsampler(onnx, ratio, providers=providers, threads=threads)
+        if files.pt is not None:  # clouds smaller than one exported patch: PyTorch, on the CPU
+            pt = files.pt
+            up.small_clouds = functools.cache(lambda: TorchUpsampler(pt, ratio, device="cpu"))
         up.name = files.name if files.onnx else f"{files.name} (as {onnx})"
     else:
         from .tensorrt_backend import TensorRTUpsampler, engine_onnx

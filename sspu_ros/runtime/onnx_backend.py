@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
-from .upsampler import _copy_sources, _empty_output
+from .patch_inference import _per_point, _with_sources
+from .upsampler import _empty_output
 
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 log = logging.getLogger("sspu_ros.runtime")
@@ -18,6 +19,9 @@ class OnnxUpsampler:
     """An exported generator (``sspu export``) run by ONNX Runtime with the patch protocol."""
 
     backend = "onnxruntime"
+    #: () -> Upsampler for clouds smaller than one exported patch (set by the loader when
+    #: the model's .pt is at hand: PyTorch takes any patch size); None: a ModelError
+    small_clouds = None
 
     def __init__(self, path: Path, ratio: int | None = None,
                  providers: list[str] | None = None, session_options=None) -> None:
@@ -30,6 +34,7 @@ class OnnxUpsampler:
             meta = self.session.get_modelmeta().custom_metadata_map
             self.ratio = int(meta["sspu.ratio"])
             self.patch_size = int(meta["sspu.patch_size"])
+            self.copies = int(meta.get("sspu.candidates", self.ratio))
         except KeyError as e:
             raise ModelError(f"{path}: not an sspu export (metadata {e} missing); export "
                              "with: sspu export --model CKPT --onnx OUT") from None
@@ -45,25 +50,41 @@ class OnnxUpsampler:
         if pts.ndim != 3 or pts.shape[1:] != (self.patch_size, 3):
             raise ValueError(f"{self.name} takes patches of shape (B, {self.patch_size}, 3), "
                              f"got {pts.shape}")
-        return self.session.run(None, {"xyz": pts})[0]
-
-    def _patches(self, patches):
+        out = self.session.run(None, {"xyz": pts})[0]
+        if self.copies == self.ratio:
+            return out
         import torch
 
-        return torch.from_numpy(self.upsample_patches(patches.numpy()))
+        return _per_point(torch.from_numpy(pts), torch.from_numpy(out), self.ratio).numpy()
+
+    def _patches(self, patches):
+        """(P, K, 3) tensor -> the session's raw (P, c·K, 3) output as a tensor."""
+        import torch
+
+        pts = np.ascontiguousarray(patches.numpy(), dtype=np.float32)
+        if pts.ndim != 3 or pts.shape[1:] != (self.patch_size, 3):
+            raise ValueError(f"{self.name} takes patches of shape (B, {self.patch_size}, 3), "
+                             f"got {pts.shape}")
+        return torch.from_numpy(self.session.run(None, {"xyz": pts})[0])
 
     def upsample(self, xyz: np.ndarray) -> np.ndarray:
         from .patch_inference import upsample_with_patches
 
+        if xyz.shape[0] < self.patch_size and self.small_clouds is not None:
+            return self.small_clouds().upsample(xyz)
         if xyz.shape[0] < self.patch_size:
             raise ModelError(f"{self.name} was exported for {self.patch_size}-point patches; "
                              f"the cloud has {xyz.shape[0]} points (use the .pt checkpoint "
                              "for clouds smaller than a patch)")
-        return upsample_with_patches(xyz, self._patches, self.ratio,
+        return upsample_with_patches(xyz, self._patches, self.ratio, candidates=self.copies,
                                      patch_size=self.patch_size, keep_input=True)
 
     def upsample_with_sources(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.upsample(xyz), _copy_sources(len(xyz), self.ratio)
+        if xyz.shape[0] < self.patch_size:
+            if self.small_clouds is not None:
+                return self.small_clouds().upsample_with_sources(xyz)
+            self.upsample(xyz)  # raises the ModelError that explains it
+        return _with_sources(self, xyz, self._patches)
 
 
 class OrtUpsampler(OnnxUpsampler):

@@ -14,6 +14,14 @@ Two merges:
   copy nearest the input point is replaced by the input point itself.
 The generator's output order is assumed to be copy-major per point: row ``i·r + j`` is
 copy ``j`` of input point ``i`` (true of :class:`sspu_ros.model.generator.Generator`).
+
+Over-complete generators (``candidates`` c > r copies per point, candidate 0 = the point):
+the merge pools c-1 candidates per point (with "owner": those of the point's owner patch;
+with "fps": those of every patch) and keeps the N input points plus (r-1)·N candidates
+chosen by farthest point sampling that starts from the input points
+(:func:`sspu_ros.geometry.candidate_selection.fps_extend_numpy`, over the whole
+normalized shape), as the MLS + FPS baseline does; the output always starts with the N
+input points then.
 """
 
 from __future__ import annotations
@@ -75,7 +83,9 @@ def _covering_patches(shape: torch.Tensor, n_patches: int, k: int,
 
 def upsample_with_patches(xyz: np.ndarray | torch.Tensor, patch_fn: PatchFn, ratio: int, *,
                           patch_size: int = 256, n_patches: int | None = None,
-                          keep_input: bool = False, merge: str = "owner") -> np.ndarray:
+                          keep_input: bool = False, merge: str = "owner",
+                          candidates: int | None = None, return_parents: bool = False
+                          ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Upsample one cloud with a patch generator.
 
     Args:
@@ -86,9 +96,13 @@ def upsample_with_patches(xyz: np.ndarray | torch.Tensor, patch_fn: PatchFn, rat
         n_patches: FPS seeds; default :func:`seed_count` (24 for 2048 points).
         keep_input: the N input points come first, unchanged.
         merge: "owner" or "fps" (see the module docstring).
+        candidates: c, copies per point that ``patch_fn`` returns (default r); c > r
+            selects r·N of them by farthest point sampling (module docstring).
+        return_parents: also return, for c > r, the input point ((r-1)·N,) int64 each
+            generated point (rows N..) was made from.
 
     Returns:
-        (r·N, 3) float32.
+        (r·N, 3) float32 (and the parents with ``return_parents``).
     """
     if merge not in MERGES:
         raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
@@ -106,6 +120,13 @@ def upsample_with_patches(xyz: np.ndarray | torch.Tensor, patch_fn: PatchFn, rat
     normed, pc, pr = normalize_unit_sphere(shape[0][idx])  # (P, K, 3)
     with torch.no_grad():
         dense = denormalize(patch_fn(normed), pc, pr)  # (P, rK, 3) in shape coordinates
+    c = int(candidates or ratio)
+    if c > ratio:
+        return _select_candidates(pts, shape[0], centroid, radius, dense, idx, c, ratio,
+                                  merge, return_parents)
+    if return_parents:
+        raise ValueError("return_parents needs candidates > ratio (else the parents are "
+                         "copy-major: generated row j comes from point j // (r - 1))")
     if merge == "owner":
         owner, pos = _owners(idx, n)
         copies = dense.reshape(idx.shape[0], k, ratio, 3)[owner, pos]  # (N, r, 3)
@@ -124,3 +145,59 @@ def upsample_with_patches(xyz: np.ndarray | torch.Tensor, patch_fn: PatchFn, rat
         generated = merged[:, farthest_point_sample(merged, target)[0]]
     out = denormalize(generated, centroid, radius)[0].numpy().astype(np.float32)
     return np.concatenate([pts.numpy(), out]) if keep_input else out
+
+
+def _select_candidates(pts: torch.Tensor, shape: torch.Tensor, centroid: torch.Tensor,
+                       radius: torch.Tensor, dense: torch.Tensor, idx: torch.Tensor, c: int,
+                       ratio: int, merge: str, return_parents: bool
+                       ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Over-complete merge: pool the candidates, FPS from the inputs to (r-1)·N.
+
+    pts (N, 3) original points; shape (N, 3) normalized; dense (P, c·K, 3) candidates in
+    shape coordinates; idx (P, K) patch indices."""
+    from ..geometry.candidate_selection import fps_extend_numpy as fps_extend
+
+    n = shape.shape[0]
+    p, k = idx.shape
+    cand = dense.reshape(p, k, c, 3)[:, :, 1:]  # (P, K, c-1, 3): candidate 0 is the point
+    if merge == "owner":
+        owner, pos = _owners(idx, n)
+        pool = cand[owner, pos].reshape(-1, 3)  # (N·(c-1), 3), point-major
+        parent = torch.arange(n).repeat_interleave(c - 1)
+    else:
+        pool = cand.reshape(-1, 3)
+        parent = idx[:, :, None].expand(p, k, c - 1).reshape(-1)
+    need = (ratio - 1) * n
+    pool_np = pool.double().numpy()
+    parent_np = parent.numpy()
+    if pool_np.shape[0] < need:  # tiny clouds: repeat the pool
+        reps = -(-need // pool_np.shape[0])
+        pool_np, parent_np = np.tile(pool_np, (reps, 1)), np.tile(parent_np, reps)
+    pick = fps_extend(shape.double().numpy(), pool_np, need)
+    chosen = torch.from_numpy(pool_np[pick]).float()
+    out = denormalize(chosen[None], centroid, radius)[0].numpy().astype(np.float32)
+    dense_out = np.concatenate([pts.numpy(), out])
+    return (dense_out, parent_np[pick].astype(np.int64)) if return_parents else dense_out
+
+
+def _per_point(pts, out, ratio: int):
+    """(B, P, 3) patches and the generator's (B, c·P, 3) output -> (B, r·P, 3) copy-major
+    (c > r: :func:`~sspu_ros.geometry.candidate_selection.select_per_point`; else ``out``)."""
+    if out.shape[1] == ratio * pts.shape[1]:
+        return out
+    from ..geometry.candidate_selection import select_per_point
+
+    return select_per_point(pts, out, ratio)
+
+
+def _with_sources(upsampler, xyz: np.ndarray, patch_fn) -> tuple[np.ndarray, np.ndarray]:
+    """``upsample_with_sources`` of a generator backend whose raw patch function is
+    ``patch_fn`` (copies per point: ``upsampler.copies``)."""
+    from .upsampler import _copy_sources
+
+    if upsampler.copies == upsampler.ratio:
+        return upsampler.upsample(xyz), _copy_sources(len(xyz), upsampler.ratio)
+    dense, parents = upsample_with_patches(
+        xyz, patch_fn, upsampler.ratio, candidates=upsampler.copies,
+        patch_size=upsampler.patch_size, keep_input=True, return_parents=True)
+    return dense, parents[:, None]

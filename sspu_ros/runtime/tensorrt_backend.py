@@ -34,7 +34,7 @@ import torch
 
 from ..errors import ModelError
 from .model_files import ModelFiles, cache_root, exported_onnx, onnx_precision
-from .upsampler import _copy_sources
+from .patch_inference import _per_point, _with_sources
 
 PRECISIONS = ("fp32", "fp16")
 INPUT, OUTPUT = "xyz", "dense"
@@ -232,6 +232,7 @@ class TensorRTUpsampler:
                              "--model CKPT --onnx OUT")
         self.ratio = int(meta["sspu.ratio"])
         self.patch_size = int(meta["sspu.patch_size"])
+        self.copies = int(meta.get("sspu.candidates", self.ratio))  # over-complete: > ratio
         if ratio is not None and ratio != self.ratio:
             raise ModelError(f"model {onnx_path} upsamples x{self.ratio}, but ratio {ratio} "
                              f"was asked for; use --ratio {self.ratio}")
@@ -256,7 +257,7 @@ class TensorRTUpsampler:
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         """(b <= max_patches, K, 3) CUDA tensor -> (b, r·K, 3) CUDA tensor."""
         x = x.to(self.in_dtype).contiguous()
-        out = torch.empty((x.shape[0], self.ratio * self.patch_size, 3), dtype=self.out_dtype,
+        out = torch.empty((x.shape[0], self.copies * self.patch_size, 3), dtype=self.out_dtype,
                           device=x.device)
         self.context.set_input_shape(INPUT, tuple(x.shape))
         self.context.set_tensor_address(INPUT, x.data_ptr())
@@ -276,10 +277,15 @@ class TensorRTUpsampler:
                              f"got {pts.shape}")
         if pts.shape[0] == 0:
             return np.zeros((0, self.ratio * self.patch_size, 3), dtype=np.float32)
-        x = torch.from_numpy(pts).to(self.device)
+        raw = self._raw(torch.from_numpy(pts))
+        return _per_point(torch.from_numpy(pts), raw, self.ratio).numpy()
+
+    def _raw(self, pts: torch.Tensor) -> torch.Tensor:
+        """(B, K, 3) -> the engine's (B, copies*K, 3) output, float32 on the CPU."""
+        x = pts.to(self.device)
         outs = [self._run(x[i:i + self.max_patches])
                 for i in range(0, x.shape[0], self.max_patches)]
-        return torch.cat(outs).float().cpu().numpy()
+        return torch.cat(outs).float().cpu()
 
     def upsample(self, xyz: np.ndarray) -> np.ndarray:
         from .patch_inference import upsample_with_patches
@@ -289,11 +295,11 @@ class TensorRTUpsampler:
                              f"the cloud has {xyz.shape[0]} points (use the .pt checkpoint "
                              "with backend torch for clouds smaller than a patch)")
         return upsample_with_patches(
-            xyz, lambda t: torch.from_numpy(self.upsample_patches(t.numpy())), self.ratio,
+            xyz, self._raw, self.ratio, candidates=self.copies,
             patch_size=self.patch_size, keep_input=True)
 
     def upsample_with_sources(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.upsample(xyz), _copy_sources(len(xyz), self.ratio)
+        return _with_sources(self, xyz, self._raw)
 
 
 # --------------------------------------------------------------------------- CLI

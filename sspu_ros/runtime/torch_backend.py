@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from ..errors import ModelError
-from .upsampler import _check_patches, _copy_sources, _empty_output
+from .patch_inference import _per_point, _with_sources
+from .upsampler import _check_patches, _empty_output
 
 DEVICES = ("auto", "cpu", "cuda")
 log = logging.getLogger("sspu_ros.runtime")
@@ -35,6 +36,7 @@ class GeneratorUpsampler:
                              f"asked for; use --ratio {self.ratio} or a model trained for it")
         self.patch_size = patch_size
         self.trained_patch_size = int(ckpt.get("config", {}).get("data.patch_size", patch_size))
+        self.copies = int(getattr(self.model, "copies", self.ratio))
 
     def upsample_patches(self, patches: np.ndarray) -> np.ndarray:
         import torch
@@ -42,16 +44,16 @@ class GeneratorUpsampler:
         pts = torch.as_tensor(np.asarray(patches, dtype=np.float32))
         _check_patches(pts, self.ratio)
         with torch.no_grad():
-            return self.model(pts).numpy()
+            return _per_point(pts, self.model(pts), self.ratio).numpy()
 
     def upsample(self, xyz: np.ndarray) -> np.ndarray:
         from .patch_inference import upsample_with_patches
 
-        return upsample_with_patches(xyz, self.model, self.ratio,
+        return upsample_with_patches(xyz, self.model, self.ratio, candidates=self.copies,
                                      patch_size=self.patch_size, keep_input=True)
 
     def upsample_with_sources(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.upsample(xyz), _copy_sources(len(xyz), self.ratio)
+        return _with_sources(self, xyz, self.model)
 
 
 class TorchUpsampler(GeneratorUpsampler):
@@ -90,10 +92,13 @@ class TorchUpsampler(GeneratorUpsampler):
         _check_patches(pts, self.ratio)
         if pts.shape[0] == 0:
             return _empty_output(pts.numpy(), self.ratio)
-        return self._run(pts).numpy()
+        return _per_point(pts, self._run(pts), self.ratio).numpy()
 
     def upsample(self, xyz: np.ndarray) -> np.ndarray:
         from .patch_inference import upsample_with_patches
 
-        return upsample_with_patches(xyz, self._run, self.ratio,
+        return upsample_with_patches(xyz, self._run, self.ratio, candidates=self.copies,
                                      patch_size=self.patch_size, keep_input=True)
+
+    def upsample_with_sources(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _with_sources(self, xyz, self._run)

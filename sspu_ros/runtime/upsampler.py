@@ -25,7 +25,12 @@ class Upsampler(Protocol):
 
     def upsample_patches(self, patches: np.ndarray) -> np.ndarray:
         """(B, P, 3) float32 unit-sphere patches -> (B, ratio*P, 3) float32; row
-        ``i*ratio + j`` of a patch is copy j of its point i (copy-major per point)."""
+        ``i*ratio + j`` of a patch is copy j of its point i (copy-major per point).
+        Over-complete generators (``copies`` > ratio candidates per point) keep this layout:
+        copy 0 is the point, copies 1..r-1 are chosen among its own candidates by
+        :func:`~sspu_ros.geometry.candidate_selection.select_per_point`; ``upsample`` instead
+        selects over the whole cloud by farthest point sampling (see
+        :mod:`sspu_ros.runtime.patch_inference`)."""
         ...
 
     def upsample(self, xyz: np.ndarray) -> np.ndarray:

@@ -65,7 +65,7 @@ def adapt_generator(checkpoint: str | Path, xyz: np.ndarray, steps: int, *,
         the first and last total loss.
     """
     from ..model.checkpoint import load_checkpoint
-    from .trainer import Trainer, checkpoint_train_config
+    from .trainer import Trainer, checkpoint_train_config, zoom_factor
 
     if steps < 1:
         raise ValueError(f"adaptation needs >= 1 step, got {steps}")
@@ -78,7 +78,8 @@ def adapt_generator(checkpoint: str | Path, xyz: np.ndarray, steps: int, *,
     if lr is not None:
         overrides["optim.lr"] = lr
     cfg = checkpoint_train_config(ckpt, overrides)
-    bank = input_patch_bank(xyz, cfg["data.patch_size"], n_patches)
+    # zoom-out term: r-times larger patches of the input (their FPS is the model's input)
+    bank = input_patch_bank(xyz, cfg["data.patch_size"] * zoom_factor(cfg), n_patches)
     with tempfile.TemporaryDirectory(prefix="sspu_adapt_") as tmp:  # Trainer needs a folder
         trainer = Trainer(cfg, tmp, init=checkpoint, progress=False, patch_bank=bank)
         losses = []

@@ -27,9 +27,12 @@ import numpy as np
 import torch
 
 from ..config import Config, default_parameters, load_config
+from ..geometry.candidate_selection import select_fps
+from ..geometry.knn import gather_points
+from ..geometry.sampling import farthest_point_sample
 from ..model.checkpoint import FORMAT_VERSION, load_checkpoint, load_generator
 from ..model.generator import GeneratorConfig, build_generator
-from ..model.losses import SSPULoss
+from ..model.losses import SSPULoss, chamfer_distance
 from ..model.rendering import make_cameras, render_silhouettes
 from .data import PatchOptions, augment, build_patch_bank
 
@@ -50,7 +53,11 @@ def generator_config(cfg: Mapping[str, Any]) -> GeneratorConfig:
     preset, with the parameters that are set (non-zero, not 'preset') on top."""
     over = {"ratio": cfg["model.ratio"], "expansion": cfg["model.expansion"],
             "head_init_scale": cfg["model.head_init_scale"],
-            "coord_base": cfg["model.coord_base"], "offsets": cfg["model.offsets"]}
+            "coord_base": cfg["model.coord_base"], "offsets": cfg["model.offsets"],
+            "candidates": cfg.get("model.candidates", 0),
+            "normal_shift": cfg.get("model.normal_shift", 0.0),
+            "learn_mix": cfg.get("model.learn_mix", True),
+            "phong": cfg.get("model.phong", 0.0)}
     if cfg["model.channels"]:
         over["channels"] = cfg["model.channels"]
     if cfg["model.knn_k"]:
@@ -73,11 +80,21 @@ def build_loss(cfg: Mapping[str, Any]) -> SSPULoss:
                     uniform_seed_reduction="mean" if cfg["loss.uniform_seed_mean"] else "sum")
 
 
+def zoom_factor(cfg: Mapping[str, Any]) -> int:
+    """How many times denser the training patches are than the generator's input: r when
+    the zoom-out term (``loss.zoom``) is on, else 1."""
+    return int(cfg["model.ratio"]) if cfg.get("loss.zoom", 0.0) > 0 else 1
+
+
 def patch_options(cfg: Mapping[str, Any]) -> PatchOptions:
-    return PatchOptions(patch_size=cfg["data.patch_size"],
+    """Patch bank options; with the zoom-out term the bank holds r-times larger patches
+    (data.patch_size x r points) sampled r-times denser (data.mesh_points x r)."""
+    z = zoom_factor(cfg)
+    return PatchOptions(patch_size=cfg["data.patch_size"] * z,
                         patches_per_shape=cfg["data.patches_per_shape"],
                         patches_per_scan=cfg["data.patches_per_scan"],
-                        mesh_points=cfg["data.mesh_points"], nonuniform=cfg["data.nonuniform"],
+                        mesh_points=cfg["data.mesh_points"] * z,
+                        nonuniform=cfg["data.nonuniform"],
                         bag_topic=cfg["data.bag_topic"] or None)
 
 
@@ -150,7 +167,8 @@ class Trainer:
         self.model = build_generator(self.gen_cfg).to(self.device)
         if init is not None:
             _, ck = load_generator(init)
-            if ck["generator"] != asdict(self.gen_cfg):
+            # through GeneratorConfig: checkpoints written before an option existed lack it
+            if asdict(GeneratorConfig(**ck["generator"])) != asdict(self.gen_cfg):
                 raise ValueError(f"--init {init}: its architecture {ck['generator']} differs "
                                  f"from the configured one {asdict(self.gen_cfg)}")
             self.model.load_state_dict(ck["model"])
@@ -196,11 +214,25 @@ class Trainer:
             torch.cuda.synchronize(self.device)
 
     def train_step(self, sparse: torch.Tensor) -> dict[str, float]:
-        """One optimizer step; returns the loss terms and the time split in seconds."""
+        """One optimizer step; returns the loss terms and the time split in seconds.
+
+        With the zoom-out term (``loss.zoom`` > 0) ``sparse`` holds r·K-point patches: the
+        generator's input is their farthest point sample of K points, and besides the
+        paper's losses on (output, input) the output is compared with the whole r·K patch
+        by the Chamfer distance, weighted by ``loss.zoom`` (self-supervised: the r·K points
+        are input points too, one level denser)."""
         c = self.cfg
         self.ddp.train()
         t0 = time.perf_counter()
+        target = None
+        if zoom_factor(c) > 1:
+            target = sparse
+            with torch.no_grad():
+                keep = farthest_point_sample(target, target.shape[1] // zoom_factor(c))
+            sparse = gather_points(target, keep)
         dense = self.ddp(sparse)
+        if self.model.copies > self.model.ratio:  # over-complete: inputs + FPS of candidates
+            dense = select_fps(sparse, dense, self.model.ratio)
         self._sync()
         t1 = time.perf_counter()
         img_s = img_d = None
@@ -213,6 +245,9 @@ class Trainer:
         self._sync()
         t2 = time.perf_counter()
         total, terms = self.loss(dense, sparse, img_s, img_d)
+        if target is not None:
+            terms["zoom"] = chamfer_distance(dense, target)
+            total = total + c["loss.zoom"] * terms["zoom"]
         self._sync()
         t3 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
