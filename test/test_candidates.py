@@ -322,3 +322,23 @@ def test_zoom_out_term_trains_and_adapts(tmp_path):
     model, info = adapt_generator(tmp_path / "run" / "checkpoint.pt",
                                   torus_knot_surface(300, seed=2), 1, batch_size=2)
     assert info["steps"] == 1 and model.copies == 6
+
+
+@pytest.mark.parametrize("merge", ["owner", "fps"])
+def test_whole_cloud_merge_of_candidates(merge):
+    """upsample_with_patches with candidates > ratio: inputs first, (r-1)N chosen points,
+    each with the input point it was made from (near it)."""
+    from sspu_ros.inference import upsample_with_patches
+    from sspu_ros.sample_data import torus_knot_surface
+
+    torch.manual_seed(0)
+    model = build_generator(small(knn_k=16)).eval()
+    x = torus_knot_surface(300, seed=1).astype(np.float32)
+    y, parents = upsample_with_patches(x, model, 4, patch_size=64, candidates=7, merge=merge,
+                                       keep_input=True, return_parents=True)
+    assert y.shape == (1200, 3) and parents.shape == (900,)
+    np.testing.assert_array_equal(y[:300], x)
+    spacing = np.median(np.linalg.norm(x[1:] - x[:-1], axis=1))
+    assert np.linalg.norm(y[300:] - x[parents], axis=1).max() < 10 * spacing
+    with pytest.raises(ValueError, match="return_parents"):
+        upsample_with_patches(x, model, 7, patch_size=64, return_parents=True)
