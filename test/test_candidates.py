@@ -328,8 +328,8 @@ def test_zoom_out_term_trains_and_adapts(tmp_path):
 def test_whole_cloud_merge_of_candidates(merge):
     """upsample_with_patches with candidates > ratio: inputs first, (r-1)N chosen points,
     each with the input point it was made from (near it)."""
-    from sspu_ros.inference import upsample_with_patches
-    from sspu_ros.sample_data import torus_knot_surface
+    from sspu_ros.runtime.patch_inference import upsample_with_patches
+    from sspu_ros.simulation.sample_surface import torus_knot_surface
 
     torch.manual_seed(0)
     model = build_generator(small(knn_k=16)).eval()
