@@ -264,6 +264,7 @@ class ScanStatistics:
         new = {k: counts[k] - self._reported[k] for k in counts}
         self._reported = counts
         rate = self.rate.rate_hz(now)
+        out_rate = self.output_rate.rate_hz(now)
         level, problems = OK, []
         if new["failed"]:
             level = ERROR
@@ -282,8 +283,8 @@ class ScanStatistics:
             proc = self.processing.median_p95()
             if proc is not None and proc[0] > period_ms:  # the node itself is the bottleneck
                 problems.append(f"processing ({proc[0]:.0f} ms median) is slower than the "
-                                f"input period ({period_ms:.0f} ms): {rate:.1f} Hz processed, "
-                                "older scans are dropped")
+                                f"input period ({period_ms:.0f} ms): {out_rate or 0.0:.1f} Hz "
+                                "processed, older scans are dropped")
             else:
                 problems.append(f"input rate {rate:.1f} Hz far below the expected "
                                 f"{self.expected_rate_hz:g} Hz")
@@ -309,7 +310,6 @@ class ScanStatistics:
             message = "waiting for the first scan"
         else:
             message = "densifying"
-        out_rate = self.output_rate.rate_hz(now)
         values = [("backend", backend),
                   ("input rate (Hz)", "n/a" if rate is None else f"{rate:.2f}"),
                   ("output rate (Hz)", "n/a" if out_rate is None else f"{out_rate:.2f}"),
