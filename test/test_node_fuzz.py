@@ -15,7 +15,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (pip install -e '.[ros]')")
 pytest.importorskip("sensor_msgs.msg", reason="sensor_msgs not installed")
@@ -65,6 +65,11 @@ def test_malformed_and_odd_clouds_over_dds(capfd):
 
         @settings(max_examples=15, **FUZZ)
         @given(layouts())
+        @example(([_f("x", 0), _f("y", 4), _f("z", 8), _f("intensity", 12)], 16, 1, 0, 0,
+                  False, 0))  # zero points
+        @example(([_f("x", 0), _f("y", 4), _f("z", 8)], 12, 3, 0, 4, True, 1))  # 3 x 0
+        @example(([_f("intensity", 0), _f("z", 4), _f("y", 8), _f("x", 12)], 18, 2, 20,
+                  20 * 18 + 6, True, 2))  # big-endian, padded rows, odd point_step
         def odd_but_valid_is_densified(layout):
             seq = next(seqs)
             n_out = len(live.outputs)
@@ -92,6 +97,11 @@ def test_malformed_and_odd_clouds_over_dds(capfd):
             malformed_is_rejected()
         odd_but_valid_is_densified()
         n_bad = len(sent_malformed)
+        for bad_value in (np.nan, np.inf, -np.inf):  # every coordinate non-finite: no points
+            pts = xyzi_scan(n=50, seed=3)
+            pts["z"] = bad_value
+            before, after = _send_and_settle(live, scan_message(pts, seq=next(seqs)))
+            assert after["published"] == before["published"] + 1, live.node.stats.last_problem
 
         # the next real scan comes back densified
         pts = xyzi_scan(n=400, seed=7)
