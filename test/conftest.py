@@ -1,11 +1,20 @@
-"""Shared fixtures: where the dev data lives, and skips that say what is missing."""
+"""Shared fixtures: where the dev data lives, and skips that say what is missing.
 
+DDS stays on this machine: every test (and every process a test starts, which inherits the
+environment) discovers peers on loopback only (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``),
+on a random ROS_DOMAIN_ID from :func:`ros_graph.ros_domain_id`.
+"""
+
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.pop("ROS_LOCALHOST_ONLY", None)  # deprecated; conflicts with the range above
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

@@ -126,7 +126,7 @@ def test_report_ok_when_healthy():
     assert float(rep.value("input rate (Hz)")) == pytest.approx(10.0, rel=0.05)
     assert rep.value("scans received") == "60" and rep.value("scans published") == "60"
     assert rep.value("pipeline latency median (ms)") == "22.0"
-    assert rep.value("scans dropped (gaps in stamps)") == "0"
+    assert rep.value("scans missing (gaps in stamps)") == "0"
     with pytest.raises(KeyError, match="no diagnostic value 'nope'"):
         rep.value("nope")
 
@@ -142,7 +142,7 @@ def test_report_warns_on_low_rate_and_no_input():
         s.on_received(i * 0.5)
     rep = s.report("midpoint")
     assert rep.level == WARN and "input rate 2.0 Hz far below the expected 10 Hz" in rep.message
-    assert rep.value("scans dropped (gaps in stamps)") == str(29 * 4)
+    assert rep.value("scans missing (gaps in stamps)") == str(29 * 4)
     clock.t += 10.0
     rep = s.report("midpoint")
     assert rep.level == WARN and "no scan in the last 5 s" in rep.message
@@ -165,7 +165,7 @@ def test_report_warns_only_while_rejections_rise_and_errors_on_failures():
     assert rep.level == ERROR and "processing failed on 1 scan(s)" in rep.message
 
 
-def test_report_warns_on_dropped_scans_and_counts_skips():
+def test_report_warns_on_missing_scans_and_counts_skips():
     clock = FakeClock()
     s = ScanStatistics(10.0, clock=clock)
     _feed(s, clock, 60)
@@ -202,3 +202,27 @@ def test_report_blames_slow_processing_rather_than_the_input():
     assert rep.level == WARN
     assert "processing (480 ms median) is slower than the input period (100 ms)" in rep.message
     assert "input rate" not in rep.message
+
+
+def test_dropped_scans_are_counted_with_reasons_and_every_scan_is_accounted_for():
+    clock = FakeClock()
+    s = ScanStatistics(10.0, clock=clock)
+    _feed(s, clock, 20)
+    s.report("midpoint")
+    for i in range(5):  # 5 more arrive while one is processed: 3 replaced, 1 waiting
+        clock.t += 0.1
+        s.on_received(52.0 + i / 10)
+    for _ in range(3):
+        s.on_dropped("superseded by a newer scan")
+    s.on_rejected("bad point_step")
+    assert s.pending == 1
+    rep = s.report("midpoint")
+    assert rep.level == WARN and "3 scan(s) dropped" in rep.message
+    assert "never received" not in rep.message  # the stamps have no gap
+    assert rep.value("scans dropped (newer scan arrived while busy)") == "3"
+    assert rep.value("scans pending (waiting or in processing)") == "1"
+    assert rep.value("scans missing (gaps in stamps)") == "0"
+    assert rep.value("drop reasons") == "superseded by a newer scan: 3"
+    assert 5.0 < float(rep.value("output rate (Hz)")) < 10.0  # none published lately
+    counts = s.counts()
+    assert counts["received"] == sum(counts[k] for k in ScanStatistics.OUTCOMES) + s.pending

@@ -9,7 +9,6 @@ the node keeps publishing. A unique ROS_DOMAIN_ID per run avoids cross-talk.
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ pytest.importorskip("diagnostic_msgs.msg", reason="diagnostic_msgs not installed
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from ros_graph import ros_domain_id  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from std_msgs.msg import Float64, Header  # noqa: E402
 
@@ -81,7 +81,7 @@ def _seq_of(header) -> int:
 
 @pytest.fixture
 def live_env(monkeypatch):
-    env = {"ROS_DOMAIN_ID": str(random.SystemRandom().randint(101, 232)),
+    env = {"ROS_DOMAIN_ID": str(ros_domain_id()),
            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
            "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}
     for k, v in env.items():
@@ -210,12 +210,18 @@ def test_node_process_densifies_live_kitti_scans(live_env, tmp_path):
         status = ours()[-1]
         values = {kv.key: kv.value for kv in status.values}
         assert int(values["scans received"]) >= len(outputs) + 1
+        # every scan received is accounted for (the node is idle: nothing pending)
+        assert int(values["scans received"]) == sum(int(values[k]) for k in (
+            "scans published", "scans skipped (no subscriber)",
+            "scans dropped (newer scan arrived while busy)", "scans rejected (malformed)",
+            "scans failed (processing error)", "scans pending (waiting or in processing)")), values
         assert values["backend"] and values["pipeline latency median (ms)"] != "n/a"
         print(f"\nlive DDS: node up in {t_start - t_launch:.1f} s; sent {last_sent} scans + 1 "
               f"malformed at {RATE_HZ:g} Hz, all back in {elapsed:.1f} s; "
               f"node received {values['scans received']}, published "
-              f"{values['scans published']}, dropped (gaps) "
-              f"{values['scans dropped (gaps in stamps)']}, rejected "
+              f"{values['scans published']}, dropped (newer scan while busy) "
+              f"{values['scans dropped (newer scan arrived while busy)']}, missing (gaps) "
+              f"{values['scans missing (gaps in stamps)']}, rejected "
               f"{values['scans rejected (malformed)']}; processing median "
               f"{values['processing time median (ms)']} ms, p95 "
               f"{values['processing time p95 (ms)']} ms; status '{status.message}'")

@@ -2,7 +2,6 @@
 malformed clouds rejected without stopping the node, parameters validated."""
 
 import os
-import random
 import time
 
 import numpy as np
@@ -13,6 +12,7 @@ sensor_msgs = pytest.importorskip("sensor_msgs.msg", reason="sensor_msgs not ins
 
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from ros_graph import ros_domain_id  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
@@ -34,7 +34,7 @@ def _scan(n=400, seed=0) -> np.ndarray:
 @pytest.fixture
 def graph():
     ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=random.randint(100, 200))
+    rclpy.init(context=ctx, domain_id=ros_domain_id())
     node = create_node(context=ctx, parameter_overrides=[])
     io = rclpy.create_node("test_io", context=ctx)
     ex = rclpy.executors.SingleThreadedExecutor(context=ctx)
@@ -132,7 +132,7 @@ def test_runtime_parameters_are_validated(graph):
 
 
 def test_bad_model_exits_nonzero_with_one_message(capsys):
-    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(100, 200)))
+    os.environ.setdefault("ROS_DOMAIN_ID", str(ros_domain_id()))
     rc = main(["upsample_node", "--ros-args", "-p", "model:=no_such_model"])
     assert rc == 2
     assert "model 'no_such_model' not found" in capsys.readouterr().err
@@ -150,9 +150,9 @@ def _spin_until(node, cond, timeout=5.0):
         ex.shutdown()
 
 
-def test_gaps_in_input_stamps_are_counted_as_dropped():
+def test_gaps_in_input_stamps_are_counted_as_missing():
     ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=random.randint(100, 200))
+    rclpy.init(context=ctx, domain_id=ros_domain_id())
     try:
         node = create_node(context=ctx, parameter_overrides=[
             Parameter("process_without_subscribers", value=True)])
@@ -161,11 +161,11 @@ def test_gaps_in_input_stamps_are_counted_as_dropped():
         for i, stamp in enumerate(stamps):
             node._on_cloud(_msg(_scan(n=50, seed=i), stamp=stamp))
         # 20.1 s -> 20.5 s at 10 Hz: 20.2, 20.3 and 20.4 never arrived; 20.4 then comes late
-        assert node.n_dropped == 3 and node.stats.out_of_order == 1
+        assert node.n_missing == 3 and node.stats.out_of_order == 1
         assert node.n_received == 5 and node.n_published == 5
         node.set_parameters([Parameter("expected_rate_hz", value=20.0)])
         node._on_cloud(_msg(_scan(n=50), stamp=(20, 800_000_000)))  # 20.65 and 20.7 missing
-        assert node.n_dropped == 6
+        assert node.n_missing == 6 and node.n_dropped == 0
         node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
@@ -214,7 +214,7 @@ def test_array_parameters_are_declared_with_array_types(graph):
 
 def test_scans_are_skipped_without_subscribers():
     ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=random.randint(100, 200))
+    rclpy.init(context=ctx, domain_id=ros_domain_id())
     try:
         node = create_node(context=ctx)
         node.pub.get_subscription_count = lambda: 0  # nobody listens
@@ -230,7 +230,7 @@ def test_scans_are_skipped_without_subscribers():
 
 def test_processing_errors_are_counted_and_do_not_raise():
     ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=random.randint(100, 200))
+    rclpy.init(context=ctx, domain_id=ros_domain_id())
     try:
         node = create_node(context=ctx, parameter_overrides=[
             Parameter("process_without_subscribers", value=True)])
@@ -256,7 +256,7 @@ def test_diagnostics_are_published_with_counters():
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
     ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=random.randint(100, 200))
+    rclpy.init(context=ctx, domain_id=ros_domain_id())
     try:
         node = create_node(context=ctx)
         got = []
@@ -288,7 +288,7 @@ def test_diagnostics_are_published_with_counters():
 
 
 def _node_env():
-    env = dict(os.environ, ROS_DOMAIN_ID=str(random.randint(100, 200)),
+    env = dict(os.environ, ROS_DOMAIN_ID=str(ros_domain_id()),
                ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
     env.pop("ROS_LOCALHOST_ONLY", None)
     return env
@@ -322,7 +322,7 @@ def test_sigint_shuts_down_cleanly():
 
 
 def test_broken_model_and_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
-    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(100, 200)))
+    os.environ.setdefault("ROS_DOMAIN_ID", str(ros_domain_id()))
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
     for args, expected in [(["-p", f"model:={broken}"], "cannot start"),
@@ -339,7 +339,7 @@ def test_broken_model_and_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
 
 def test_degenerate_clouds_pass_through_without_failures():
     ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=random.randint(100, 200))
+    rclpy.init(context=ctx, domain_id=ros_domain_id())
     try:
         node = create_node(context=ctx, parameter_overrides=[
             Parameter("process_without_subscribers", value=True)])

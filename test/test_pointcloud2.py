@@ -15,6 +15,16 @@ from types import SimpleNamespace as NS
 
 import numpy as np
 import pytest
+from cloud_strategies import (  # test/cloud_strategies.py, shared with test_node_fuzz.py
+    INF,
+    NAN,
+    SIZE,
+    STRUCT_CHAR,
+    build_random_msg,
+    layouts,
+    malformed_wire_clouds,
+    pf,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,22 +49,12 @@ from sspu_ros.io.pointcloud2 import (
 )
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-STRUCT_CHAR = {INT8: "b", UINT8: "B", INT16: "h", UINT16: "H", INT32: "i", UINT32: "I",
-               FLOAT32: "f", FLOAT64: "d"}
-SIZE = {INT8: 1, UINT8: 1, INT16: 2, UINT16: 2, INT32: 4, UINT32: 4, FLOAT32: 4, FLOAT64: 8}
 NP_TYPE = {INT8: np.int8, UINT8: np.uint8, INT16: np.int16, UINT16: np.uint16,
            INT32: np.int32, UINT32: np.uint32, FLOAT32: np.float32, FLOAT64: np.float64}
-NAN = float("nan")
-INF = float("inf")
 
 
 # ------------------------------------------------------------------------------------------
 # helpers
-
-
-def pf(name, offset, datatype, count=1):
-    """A PointField-like object (not the codec's own Field class)."""
-    return NS(name=name, offset=offset, datatype=datatype, count=count)
 
 
 def pack_cloud(fields, point_step, records, *, height=1, width=None, row_step=None,
@@ -606,57 +606,7 @@ def test_knn_matches_brute_force():
 
 
 # ------------------------------------------------------------------------------------------
-# property tests
-
-TYPES = [INT8, UINT8, INT16, UINT16, INT32, UINT32, FLOAT32, FLOAT64]
-NAME = st.text("abcdefghjklmnopqrstuvw_", min_size=1, max_size=6)
-
-
-@st.composite
-def layouts(draw):
-    """(fields, point_step, height, width, row_step, bigendian, seed)."""
-    n_extra = draw(st.integers(1, 6))
-    names = draw(st.lists(st.one_of(NAME, st.sampled_from(["intensity", "reflectance", "i"])),
-                          min_size=n_extra, max_size=n_extra, unique=True))
-    specs = [(n, draw(st.sampled_from(TYPES)), draw(st.integers(1, 3))) for n in names]
-    xyz_type = draw(st.sampled_from([FLOAT32, FLOAT32, FLOAT32, FLOAT64, INT16]))
-    specs += [(n, xyz_type, 1) for n in "xyz"]
-    specs = draw(st.permutations(specs))
-    fields, off = [], 0
-    for name, dt, count in specs:
-        off += draw(st.integers(0, 3))
-        fields.append(pf(name, off, dt, count))
-        off += SIZE[dt] * count
-    point_step = off + draw(st.integers(0, 5))
-    height = draw(st.integers(1, 4))
-    width = draw(st.integers(0, 20))
-    row_step = width * point_step + draw(st.integers(0, 7))
-    return fields, point_step, height, width, row_step, draw(st.booleans()), draw(
-        st.integers(0, 2**32 - 1))
-
-
-def build_random_msg(layout):
-    """Random bytes everywhere, then finite/NaN/Inf coordinates written over x, y, z."""
-    fields, point_step, height, width, row_step, bigendian, seed = layout
-    rng = np.random.default_rng(seed)
-    buf = bytearray(rng.integers(0, 256, height * row_step, dtype=np.uint8).tobytes())
-    order = ">" if bigendian else "<"
-    special = [NAN, INF, -INF]
-    for p in range(height * width):
-        r, c = divmod(p, width)
-        for f in fields:
-            if f.name not in "xyz":
-                continue
-            if f.datatype in (FLOAT32, FLOAT64):
-                v = (special[rng.integers(3)] if rng.random() < 0.1
-                     else float(rng.normal() * 100))
-            else:
-                v = int(rng.integers(-1000, 1000))
-            struct.pack_into(order + STRUCT_CHAR[f.datatype], buf,
-                             r * row_step + c * point_step + f.offset, v)
-    data = bytes(buf) if rng.random() < 0.5 else np.frombuffer(bytes(buf), np.uint8).copy()
-    return NS(height=height, width=width, fields=fields, is_bigendian=bigendian,
-              point_step=point_step, row_step=row_step, data=data, is_dense=False)
+# property tests (strategies and builders: test/cloud_strategies.py)
 
 
 def native_bytes(a: np.ndarray) -> bytes:
@@ -853,3 +803,13 @@ def test_encode_densified_intensity_with_count_and_integer_xyz():
     assert out.points["x"][2] == 2 and out.points["ring"][2] == 4  # rint(1.6), nearest ring
     assert out.intensity[2] == pytest.approx((1 * w0 + 3 * w1) / (w0 + w1), rel=1e-6)
     assert out.point_step == 16
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(malformed_wire_clouds())
+def test_property_wire_corruptions_raise_format_error(case):
+    """The node fuzz test's strategy (test_node_fuzz.py) yields only clouds decode rejects,
+    and a declared 10 M point cloud is rejected before anything of its size is allocated."""
+    corruption, msg = case
+    with pytest.raises(PointCloudFormatError):
+        decode(msg)

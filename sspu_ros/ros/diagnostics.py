@@ -1,19 +1,28 @@
 """ROS-free statistics and diagnostic status of ``upsample_node``.
 
 The node feeds one :class:`ScanStatistics` with every scan it receives (header stamp),
-skips, publishes (latencies), rejects or fails on, and turns :meth:`ScanStatistics.report`
-into a ``diagnostic_msgs/DiagnosticStatus`` once a second. Everything here is plain Python
-and numpy so that it is tested without ROS.
+drops (a newer scan replaced it before processing started), skips, publishes (latencies),
+rejects or fails on, and turns :meth:`ScanStatistics.report` into a
+``diagnostic_msgs/DiagnosticStatus`` once a second. Everything here is plain Python and
+numpy so that it is tested without ROS. It is not thread-safe: the node calls it under
+one lock.
+
+Every received scan is accounted for
+------------------------------------
+``received == published + skipped + dropped + rejected + failed + pending``, where
+*pending* (0, 1 or 2) are the scans received but not finished yet: the one being
+processed and the newest one waiting for it (:attr:`ScanStatistics.pending`).
 
 Scans the node never saw
 ------------------------
 A LiDAR publishes at a fixed rate, so consecutive header stamps are one period apart. A
 gap of ``dt`` seconds between two received stamps means ``round(dt * rate) - 1`` scans
-were lost on the way (DDS, a full depth-1 queue while the node was busy): they are
-counted as *dropped*. Stamps going backwards by more than ``reset_after_s`` (a bag played
-in a loop, a restarted simulation) or forwards by more than ``reset_after_s`` (a sensor
-restarted after a long pause) restart the count instead of counting a huge gap; smaller
-backward steps and repeated stamps are counted as *out of order*.
+were lost on the way (DDS, a full queue): they are counted as *missing*, apart from the
+*dropped* ones the node received and replaced by a newer scan (those leave no gap). Stamps
+going backwards by more than ``reset_after_s`` (a bag played in a loop, a restarted
+simulation) or forwards by more than ``reset_after_s`` (a sensor restarted after a long
+pause) restart the count instead of counting a huge gap; smaller backward steps and
+repeated stamps are counted as *out of order*.
 """
 
 from __future__ import annotations
@@ -164,7 +173,9 @@ class ScanStatistics:
     """
 
     COUNTERS = ("received", "published", "skipped", "dropped", "rejected", "failed",
-                "out_of_order", "incompatible")
+                "pending", "missing", "out_of_order", "incompatible")
+    # the counters a received scan ends in (plus ``pending`` while it is not finished)
+    OUTCOMES = ("published", "skipped", "dropped", "rejected", "failed")
 
     def __init__(self, expected_rate_hz: float, *, window_s: float = 5.0,
                  latency_window: int = 100, low_rate_fraction: float = 0.5,
@@ -173,11 +184,13 @@ class ScanStatistics:
         self.started = clock()
         self.gaps = StampGapCounter(expected_rate_hz)
         self.rate = RateMeter(window_s)
+        self.output_rate = RateMeter(window_s)            # published scans
         self.latency = LatencyWindow(latency_window)      # now - header stamp
         self.processing = LatencyWindow(latency_window)   # decode + densify + publish
         self.low_rate_fraction = low_rate_fraction
         self.received = self.published = self.skipped = 0
-        self.rejected = self.failed = 0
+        self.dropped = self.rejected = self.failed = 0
+        self.drop_reasons: dict[str, int] = {}  # reason -> dropped scans
         self.incompatible = 0   # publishers whose QoS does not match the input's
         self.last_problem = ""
         self._reported = dict.fromkeys(self.COUNTERS, 0)
@@ -192,8 +205,14 @@ class ScanStatistics:
         self.gaps.expected_rate_hz = _positive(value, "expected_rate_hz")
 
     @property
-    def dropped(self) -> int:
+    def missing(self) -> int:
+        """Scans never received (gaps in the header stamps)."""
         return self.gaps.missing
+
+    @property
+    def pending(self) -> int:
+        """Scans received but not finished yet (waiting or being processed)."""
+        return self.received - sum(int(getattr(self, k)) for k in self.OUTCOMES)
 
     @property
     def out_of_order(self) -> int:
@@ -205,12 +224,19 @@ class ScanStatistics:
         self.rate.add(self.clock())
         return self.gaps.update(stamp_s)
 
+    def on_dropped(self, reason: str) -> None:
+        """A received scan was discarded unprocessed (e.g. a newer one replaced it while
+        the node was busy)."""
+        self.dropped += 1
+        self.drop_reasons[reason] = self.drop_reasons.get(reason, 0) + 1
+
     def on_skipped(self) -> None:
         """A scan was not processed because nobody subscribes to the output."""
         self.skipped += 1
 
     def on_published(self, latency_ms: float, processing_ms: float) -> None:
         self.published += 1
+        self.output_rate.add(self.clock())
         self.latency.add(latency_ms)
         self.processing.add(processing_ms)
 
@@ -238,6 +264,7 @@ class ScanStatistics:
         new = {k: counts[k] - self._reported[k] for k in counts}
         self._reported = counts
         rate = self.rate.rate_hz(now)
+        out_rate = self.output_rate.rate_hz(now)
         level, problems = OK, []
         if new["failed"]:
             level = ERROR
@@ -256,8 +283,8 @@ class ScanStatistics:
             proc = self.processing.median_p95()
             if proc is not None and proc[0] > period_ms:  # the node itself is the bottleneck
                 problems.append(f"processing ({proc[0]:.0f} ms median) is slower than the "
-                                f"input period ({period_ms:.0f} ms): {rate:.1f} Hz processed, "
-                                "older scans are dropped")
+                                f"input period ({period_ms:.0f} ms): {out_rate or 0.0:.1f} Hz "
+                                "processed, older scans are dropped")
             else:
                 problems.append(f"input rate {rate:.1f} Hz far below the expected "
                                 f"{self.expected_rate_hz:g} Hz")
@@ -270,7 +297,13 @@ class ScanStatistics:
                             "input")
         if new["dropped"]:
             level = max(level, WARN)
-            problems.append(f"{new['dropped']} scan(s) never received (gaps in the stamps)")
+            proc = self.processing.median_p95()
+            slow = f" (processing {proc[0]:.0f} ms median)" if proc is not None else ""
+            problems.append(f"{new['dropped']} scan(s) dropped: a newer one arrived while the "
+                            f"node was busy{slow}; the newest is processed")
+        if new["missing"] > 0:
+            level = max(level, WARN)
+            problems.append(f"{new['missing']} scan(s) never received (gaps in the stamps)")
         if problems:
             message = "; ".join(problems)
         elif rate is None:
@@ -279,6 +312,7 @@ class ScanStatistics:
             message = "densifying"
         values = [("backend", backend),
                   ("input rate (Hz)", "n/a" if rate is None else f"{rate:.2f}"),
+                  ("output rate (Hz)", "n/a" if out_rate is None else f"{out_rate:.2f}"),
                   ("expected rate (Hz)", f"{self.expected_rate_hz:g}")]
         for label, window in (("pipeline latency", self.latency),
                               ("processing time", self.processing)):
@@ -287,12 +321,16 @@ class ScanStatistics:
                        (f"{label} p95 (ms)", "n/a" if stats is None else f"{stats[1]:.1f}")]
         labels = {"received": "scans received", "published": "scans published",
                   "skipped": "scans skipped (no subscriber)",
-                  "dropped": "scans dropped (gaps in stamps)",
+                  "dropped": "scans dropped (newer scan arrived while busy)",
+                  "pending": "scans pending (waiting or in processing)",
+                  "missing": "scans missing (gaps in stamps)",
                   "rejected": "scans rejected (malformed)",
                   "failed": "scans failed (processing error)",
                   "out_of_order": "scans out of order (stamps)",
                   "incompatible": "incompatible publishers (QoS)"}
         values += [(labels[k], str(counts[k])) for k in self.COUNTERS]
+        values.append(("drop reasons", "; ".join(f"{r}: {n}" for r, n in
+                                                 sorted(self.drop_reasons.items())) or "none"))
         values.append(("last problem", self.last_problem or "none"))
         values += list(extra or [])
         return DiagnosticReport(level, message, values)

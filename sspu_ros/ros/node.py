@@ -12,12 +12,22 @@ cloud is rejected with a throttled warning; no exception in processing stops the
 Scans that never arrived (gaps in the input stamps at ``expected_rate_hz``), rates,
 latencies and counters go to ``/diagnostics`` once a second
 (:mod:`sspu_ros.ros.diagnostics`, ROS-free). SIGINT shuts down cleanly (exit status 0).
+
+Threads (:func:`create_executor`: a ``MultiThreadedExecutor``, one thread per callback
+group): the input subscription (its own group) only stores the newest scan in a one-scan
+slot and wakes the processing; a scan still waiting there when a newer one arrives is
+counted as *dropped* (with its reason). Processing (decode, densify, publish) runs on the
+processing group, always on the newest scan. ``/diagnostics`` and the parameter services
+stay in the node's default group, so they answer while a slow scan is processed. Every
+received scan ends in exactly one counter: ``received == published + skipped + dropped +
+rejected + failed + pending`` (pending: the scan being processed and the one waiting).
 """
 
 from __future__ import annotations
 
 import array
 import sys
+import threading
 import time
 import traceback
 from typing import Any
@@ -48,6 +58,19 @@ DEBUG_TOPICS = ("processing_time/preprocess_ms", "processing_time/inference_ms",
 WARN_THROTTLE_S = 5.0
 DIAGNOSTICS_PERIOD_S = 1.0
 DIAGNOSTIC_NAME = f"{NODE_NAME}: densification"
+# executor threads: processing, input, default group (diagnostics, parameter services)
+EXECUTOR_THREADS = 3
+DROP_SUPERSEDED = "superseded by a newer scan while busy"
+SHUTDOWN_WAIT_S = 10.0
+
+
+def create_executor(context=None, num_threads: int = EXECUTOR_THREADS):
+    """The executor the node needs (rclpy must be initialised): multi-threaded, so that
+    the input, ``/diagnostics`` and the parameter services are served while a scan is
+    processed. Add the node (and any other node of the same context) and spin it."""
+    from rclpy.executors import MultiThreadedExecutor
+
+    return MultiThreadedExecutor(num_threads=num_threads, context=context)
 
 
 def _descriptor(spec: ParameterSpec):
@@ -114,6 +137,7 @@ def create_node(**node_kwargs: Any):
     configuration or model, before any topic is created."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
     from rcl_interfaces.msg import ParameterType, SetParametersResult
+    from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
     from rclpy.clock import Clock, ClockType
     from rclpy.node import Node
     from rclpy.parameter import Parameter
@@ -128,18 +152,26 @@ def create_node(**node_kwargs: Any):
             self.upsampler = load_upsampler(self.params["model"], self.params["ratio"],
                                             config=self.params)
             self.backend = str(getattr(self.upsampler, "backend", self.upsampler.name))
-            self.add_on_set_parameters_callback(self._on_set_parameters)
             p = self.params
+            # stats and the newest-scan slot are shared by the executor's threads
+            self.lock = threading.Lock()
+            self.stats = ScanStatistics(p["expected_rate_hz"])
+            self._latest = None  # the newest received scan not yet taken for processing
+            self.add_on_set_parameters_callback(self._on_set_parameters)
+            self.input_group = MutuallyExclusiveCallbackGroup()
+            self.processing_group = MutuallyExclusiveCallbackGroup()
             self.pub = self.create_publisher(
                 PointCloud2, OUTPUT_TOPIC,
                 _qos(p["qos.output.reliability"], p["qos.output.depth"]))
+            self._wake = self.create_guard_condition(self._process_pending,
+                                                     callback_group=self.processing_group)
             self.sub = self.create_subscription(
-                PointCloud2, INPUT_TOPIC, self._on_cloud,
+                PointCloud2, INPUT_TOPIC, self._on_input,
                 _qos(p["qos.input.reliability"], p["qos.input.depth"]),
+                callback_group=self.input_group,
                 **_incompatible_qos_handler(self._on_incompatible_publisher))
             self.debug = {name: self.create_publisher(Float64, f"~/debug/{name}", 1)
                           for name in DEBUG_TOPICS}
-            self.stats = ScanStatistics(p["expected_rate_hz"])
             self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 1)
             # a steady clock: diagnostics keep coming with use_sim_time and no /clock
             self.diagnostics_timer = self.create_timer(
@@ -157,6 +189,7 @@ def create_node(**node_kwargs: Any):
         n_rejected = property(lambda self: self.stats.rejected)
         n_failed = property(lambda self: self.stats.failed)
         n_dropped = property(lambda self: self.stats.dropped)
+        n_missing = property(lambda self: self.stats.missing)
         n_skipped = property(lambda self: self.stats.skipped)
 
         def _declare_parameters(self) -> dict[str, Any]:
@@ -208,8 +241,9 @@ def create_node(**node_kwargs: Any):
                                                            current)
             except ConfigError as e:
                 return SetParametersResult(successful=False, reason=str(e))
-            self.params = current
-            self.stats.expected_rate_hz = current["expected_rate_hz"]
+            self.params = current  # one assignment: a scan reads one consistent dict
+            with self.lock:
+                self.stats.expected_rate_hz = current["expected_rate_hz"]
             return SetParametersResult(successful=True)
 
         def _on_incompatible_publisher(self, info) -> None:
@@ -220,44 +254,78 @@ def create_node(**node_kwargs: Any):
                     if policy == "RELIABILITY" else "make the QoS of both ends compatible")
             problem = (f"a publisher on {self.sub.topic_name} offers QoS incompatible with "
                        f"this node's input ({policy}); none of its scans arrive: {hint}")
-            self.stats.on_incompatible_publisher(problem)
+            with self.lock:
+                self.stats.on_incompatible_publisher(problem)
             self.get_logger().error(problem, throttle_duration_sec=WARN_THROTTLE_S)
 
+        def _on_input(self, msg) -> None:
+            """Subscription callback (input group): keep the newest scan, wake processing."""
+            self._store(msg)
+            self._wake.trigger()
+
         def _on_cloud(self, msg) -> None:
-            try:
-                self._process(msg)
-            except Exception as e:  # noqa: BLE001 - never let one scan kill the node
-                if not self.context.ok():  # shutting down (SIGINT) while processing
-                    return
-                self.stats.on_failed(repr(e))
-                self.get_logger().error(
-                    f"processing a scan failed: {e!r}\n{traceback.format_exc()}",
+            """Receive and process one scan in the calling thread (tests, tools)."""
+            self._store(msg)
+            self._process_pending()
+
+        def _store(self, msg) -> None:
+            stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+            with self.lock:
+                self.stats.on_received(stamp)
+                replaced, self._latest = self._latest, msg
+                if replaced is not None:
+                    self.stats.on_dropped(DROP_SUPERSEDED)
+            if replaced is not None:
+                self.get_logger().warning(
+                    "dropping older scans: processing is slower than the input; the newest "
+                    "scan is processed (counts on /diagnostics)",
                     throttle_duration_sec=WARN_THROTTLE_S)
+
+        def _process_pending(self) -> None:
+            """Processing group: process the newest stored scan until none is left."""
+            while True:
+                with self.lock:
+                    msg, self._latest = self._latest, None
+                if msg is None:
+                    return
+                try:
+                    self._process(msg)
+                except Exception as e:  # noqa: BLE001 - never let one scan kill the node
+                    with self.lock:
+                        self.stats.on_failed(repr(e))
+                    if not self.context.ok():  # shutting down (SIGINT) while processing
+                        return
+                    self.get_logger().error(
+                        f"processing a scan failed: {e!r}\n{traceback.format_exc()}",
+                        throttle_duration_sec=WARN_THROTTLE_S)
 
         def _process(self, msg) -> None:
             stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
-            self.stats.on_received(stamp)
-            if (not self.params["process_without_subscribers"]
+            params = self.params  # this scan's parameters, whatever is set meanwhile
+            if (not params["process_without_subscribers"]
                     and self.pub.get_subscription_count() == 0):
-                self.stats.on_skipped()
+                with self.lock:
+                    self.stats.on_skipped()
                 return
             t0 = time.perf_counter()
             try:
                 cloud = decode(msg)
             except PointCloudFormatError as e:
-                self.stats.on_rejected(str(e))
+                with self.lock:
+                    self.stats.on_rejected(str(e))
                 self.get_logger().warning(f"rejected a malformed PointCloud2 ({e})",
                                           throttle_duration_sec=WARN_THROTTLE_S)
                 return
             t1 = time.perf_counter()
-            result = densify_points(cloud.xyz, self.upsampler, self.params)
+            result = densify_points(cloud.xyz, self.upsampler, params)
             t2 = time.perf_counter()
             encoded = encode_densified(cloud, result.generated, neighbors=result.sources)
             self.pub.publish(to_pointcloud2(encoded, msg.header, PointCloud2, PointField))
             t3 = time.perf_counter()
             now = self.get_clock().now().nanoseconds * 1e-9
             latency_ms = (now - stamp) * 1e3
-            self.stats.on_published(latency_ms, (t3 - t0) * 1e3)
+            with self.lock:
+                self.stats.on_published(latency_ms, (t3 - t0) * 1e3)
             # decode + densify's own preprocess (crop, ground, clusters, patches); the
             # upsampler; densify's merge/outliers + encode + publish
             core = getattr(result, "timings_ms", None) or {}
@@ -278,11 +346,12 @@ def create_node(**node_kwargs: Any):
 
         def _publish_diagnostics(self) -> None:
             try:
-                report = self.stats.report(self.backend, extra=[
-                    ("model", str(self.upsampler.name)),
-                    ("ratio", str(self.upsampler.ratio)),
-                    ("input topic", self.sub.topic_name),
-                    ("output subscribers", str(self.pub.get_subscription_count()))])
+                extra = [("model", str(self.upsampler.name)),
+                         ("ratio", str(self.upsampler.ratio)),
+                         ("input topic", self.sub.topic_name),
+                         ("output subscribers", str(self.pub.get_subscription_count()))]
+                with self.lock:
+                    report = self.stats.report(self.backend, extra=extra)
                 status = DiagnosticStatus(
                     level=bytes([report.level]), name=DIAGNOSTIC_NAME,
                     message=report.message, hardware_id=self.sub.topic_name,
@@ -320,11 +389,14 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001 - e.g. a model file a loader cannot parse
             print(f"upsample_node: cannot start: {type(e).__name__}: {e}", file=sys.stderr)
             return 2
+        executor = create_executor()
+        executor.add_node(node)
         try:
-            rclpy.spin(node)
+            executor.spin()
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
         finally:
+            executor.shutdown(timeout_sec=SHUTDOWN_WAIT_S)  # lets a scan in progress end
             node.destroy_node()
     finally:
         if rclpy.ok():
