@@ -33,6 +33,10 @@ def main() -> int:
     p.add_argument("--hidden", type=int, default=48)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--half-width", type=int, default=2)
+    p.add_argument("--mix", choices=["inverse", "linear"], default="inverse")
+    p.add_argument("--smooth-gate", type=float, default=0.05,
+                   help="relative jump below which the weights are fixed linear (0: off)")
+    p.add_argument("--cap", type=float, default=2.0, help="L1 cap per pixel, metres")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="out/range_interp")
@@ -42,9 +46,10 @@ def main() -> int:
     if not scans:
         p.error(f"no scans given and none found under {RAW}")
     cfg = TrainConfig(scans=scans, mode=a.mode, steps=a.steps, batch=a.batch, crop=a.crop,
-                      lr=a.lr, seed=a.seed, out=a.out,
+                      lr=a.lr, seed=a.seed, out=a.out, cap=a.cap,
                       model={"hidden": a.hidden, "layers": a.layers,
-                             "half_width": a.half_width})
+                             "half_width": a.half_width, "mix": a.mix,
+                             "smooth_gate": a.smooth_gate})
     print(train(cfg, log=lambda s: print(s, flush=True)))
     return 0
 

@@ -117,10 +117,11 @@ def test_network_shapes_bounds_and_masking():
     assert float(ret0.max()) < -20 and float(trust0.max()) < -20
 
 
-def test_onnx_export_matches_torch(tmp_path):
+@pytest.mark.parametrize("smooth_gate", [0.0, 0.05])
+def test_onnx_export_matches_torch(tmp_path, smooth_gate):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    model = _model()
+    model = _model(smooth_gate=smooth_gate)
     path = tmp_path / "ri.onnx"
     export_range_interpolator(model, path, rows=6, width=64, ratio=4)
     rng = (torch.rand(1, 6, 96) * 30 + 2)
@@ -217,3 +218,26 @@ def test_kitti_beams_scores_a_learned_interpolator(tmp_path):
     # threshold 0: every virtual pixel with a neighbour is emitted, more than the baseline
     assert m["range_cover"] > r["methods"][RANGE_INTERP]["range_cover"]
     assert m["front_acc"] < 0.5 and m["range_mae"] < 2.0
+
+
+def test_smooth_gate_gives_linear_in_inverse_range_on_smooth_surfaces():
+    """With the gate on, a smooth surface (rows above/below within 5 %) gets exactly
+    1/r = (1-t)/r_a + t/r_b whatever the (random) weights; a jump opens the gate."""
+    model = _model(seed=3, smooth_gate=0.05)
+    rng = torch.full((1, 4, 16), 10.0)
+    rng[0, 1] = 10.3  # 3 % jump between rows 0 and 1: smooth
+    rng[0, 2, :8] = 20.0  # 100 % jump between rows 1 and 2 in columns 0-7: an edge
+    valid = torch.ones(1, 4, 16)
+    t = torch.tensor([0.25, 0.5, 0.75])
+    with torch.no_grad():
+        pred, _, _ = model(rng, valid, t)
+    expect = 1.0 / ((1 - t) / 10.0 + t / 10.3)
+    torch.testing.assert_close(pred[0, :, 0, 3], expect, rtol=1e-5, atol=1e-5)
+    # at the edge the learned weights decide: not the fixed linear value (in general)
+    fixed = 1.0 / ((1 - t) / 10.3 + t / 20.0)
+    assert float((pred[0, :, 1, 3] - fixed).abs().max()) > 1e-3
+    # an empty pixel above or below also opens the gate (no division by the empty pixel)
+    valid[0, 0, 5] = 0
+    with torch.no_grad():
+        pred2, _, _ = model(rng, valid, t)
+    assert torch.isfinite(pred2).all()

@@ -5,7 +5,8 @@ looks at the window of kept pixels around it (:func:`~sspu_ros.geometry.range_wi
 gather_windows`: R kept rows × C columns, N = R·C neighbours) and predicts
 
 - its range as a softmax-weighted mean of the neighbours' ranges (empty neighbours get
-  weight 0) plus a small bounded residual (± ``residual_fraction`` of the reference
+  weight 0; by default the harmonic mean, i.e. linear in 1/r, exact along planes whatever
+  the beam spacing) plus a small bounded residual (± ``residual_fraction`` of the reference
   range), so the output never leaves the range of the neighbourhood by more than that;
 - a *return* logit (does this pixel hold a return at all: sky, absorbing surfaces, the
   empty space between a foreground object and the background behind it);
@@ -43,6 +44,16 @@ class RangeInterpolatorConfig:
     hidden: int = 48
     layers: int = 3
     residual_fraction: float = 0.02
+    #: "inverse": weighted harmonic mean of the neighbour ranges (1/r is linear along
+    #: a plane, so linear weights are exact on planar surfaces at any beam spacing);
+    #: "linear": weighted arithmetic mean.
+    mix: str = "inverse"
+    #: > 0: where the pixels right above and below differ by less than this fraction of
+    #: their range (a smooth surface), the weights are fixed: (1-t, t) on those two
+    #: (linear in 1/r with ``mix="inverse"``) and no residual; the learned weights and
+    #: residual blend in up to a jump of twice this. Keeps smooth surfaces independent
+    #: of the beam spacing seen in training. 0: learned weights everywhere.
+    smooth_gate: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -127,16 +138,52 @@ class RangeInterpolator(nn.Module):
         prior = -(a * drow ** 2 + c * self.col_offset.reshape(1, 1, n) ** 2)  # (1, T, N)
         prior = prior + self.head_t(t.to(feats.dtype).reshape(n_t, 1)).reshape(1, n_t, n)
         logits = out[:, :, :n] + prior.reshape(1, n_t, n, 1, 1)
+        gate = None
+        if self.config.smooth_gate > 0:
+            gate, linear = self._smooth_gate(wr, wv, t.to(feats.dtype))
+            logits = gate * logits + (1.0 - gate) * linear
         wv5 = wv.unsqueeze(1)
         logits = logits + (wv5 - 1.0) * 1e4
         weights = torch.softmax(logits, dim=2)
         ref5 = ref.unsqueeze(1)  # (B, 1, 1, G, W)
-        mean = (weights * wr.unsqueeze(1)).sum(dim=2)  # (B, T, G, W)
+        if self.config.mix == "inverse":
+            inv = 1.0 / torch.where(wv > 0, wr, ref).clamp_min(0.5)
+            mean = 1.0 / (weights * inv.unsqueeze(1)).sum(dim=2).clamp_min(1e-4)
+        else:
+            mean = (weights * wr.unsqueeze(1)).sum(dim=2)  # (B, T, G, W)
         resid = self.config.residual_fraction * torch.tanh(out[:, :, n]) * ref5[:, :, 0]
+        if gate is not None:
+            resid = resid * gate[:, :, 0]
         any_valid = wv.amax(dim=1).unsqueeze(1)  # (B, 1, G, W)
         ret = out[:, :, n + 1] - (1.0 - any_valid) * 30.0
         trust = out[:, :, n + 2] - (1.0 - any_valid) * 30.0
         return mean + resid, ret, trust
+
+
+    def _smooth_gate(self, wr: torch.Tensor, wv: torch.Tensor, t: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gate (B, 1, 1, G, W) in [0, 1] (0 on smooth surfaces) and the fixed linear
+        logits (1, T, N, 1, 1): log(1-t), log(t) on the pixels above and below."""
+        cfg = self.config
+        cols = 2 * cfg.half_width + 1
+        up = (cfg.rows_each_side - 1) * cols + cfg.half_width
+        lo = up + cols
+        ru, rl = wr[:, up:up + 1], wr[:, lo:lo + 1]
+        both = wv[:, up:up + 1] * wv[:, lo:lo + 1]
+        jump = (ru - rl).abs() / torch.minimum(ru, rl).clamp_min(0.5)
+        jump = torch.where(both > 0, jump, torch.ones_like(jump))
+        g = cfg.smooth_gate
+        gate = ((jump - g) / g).clamp(0.0, 1.0).unsqueeze(1)
+        n, n_t = self.n_neighbors, t.shape[0]
+        onehot_up = torch.zeros(n, dtype=t.dtype, device=t.device)
+        onehot_up[up] = 1.0
+        onehot_lo = torch.zeros(n, dtype=t.dtype, device=t.device)
+        onehot_lo[lo] = 1.0
+        tt = t.reshape(n_t, 1)
+        linear = (onehot_up * torch.log((1 - tt).clamp_min(1e-6))
+                  + onehot_lo * torch.log(tt.clamp_min(1e-6))
+                  - 20.0 * (1.0 - onehot_up - onehot_lo))
+        return gate, linear.reshape(1, n_t, n, 1, 1)
 
 
 def export_range_interpolator(model: RangeInterpolator, path, *, rows: int = 16,

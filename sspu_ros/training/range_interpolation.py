@@ -11,7 +11,7 @@ rows from the kept ones. The 64-beam rows are never seen.
 image (every phase of every 4th ring), targets the 3 dropped 64-beam rows per gap.
 
 Losses per virtual pixel whose target row holds a return: L1 on the range (metres, each
-pixel capped at ``cap`` metres), BCE of the return logit against "the target pixel holds a
+pixel capped at ``cap`` = 2 metres), BCE of the return logit against "the target pixel holds a
 return" (every pixel with at least one valid neighbour), BCE of the trust logit against
 "|predicted - true| <= max(0.3 m, 3 % of the range)" (on pixels with a return; the
 prediction detached).
@@ -100,7 +100,7 @@ class TrainConfig:
     batch: int = 8
     crop: int = 512
     lr: float = 3e-3
-    cap: float = 5.0
+    cap: float = 2.0
     w_return: float = 0.5
     w_trust: float = 0.5
     seed: int = 0
