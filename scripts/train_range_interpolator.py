@@ -36,6 +36,8 @@ def main() -> int:
     p.add_argument("--mix", choices=["inverse", "linear"], default="inverse")
     p.add_argument("--smooth-gate", type=float, default=0.05,
                    help="relative jump below which the weights are fixed linear (0: off)")
+    p.add_argument("--no-normalize-spacing", action="store_true",
+                   help="do not divide the range features by the training gap")
     p.add_argument("--cap", type=float, default=2.0, help="L1 cap per pixel, metres")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -49,7 +51,8 @@ def main() -> int:
                       lr=a.lr, seed=a.seed, out=a.out, cap=a.cap,
                       model={"hidden": a.hidden, "layers": a.layers,
                              "half_width": a.half_width, "mix": a.mix,
-                             "smooth_gate": a.smooth_gate})
+                             "smooth_gate": a.smooth_gate,
+                             "normalize_spacing": not a.no_normalize_spacing})
     print(train(cfg, log=lambda s: print(s, flush=True)))
     return 0
 

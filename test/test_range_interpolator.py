@@ -241,3 +241,19 @@ def test_smooth_gate_gives_linear_in_inverse_range_on_smooth_surfaces():
     with torch.no_grad():
         pred2, _, _ = model(rng, valid, t)
     assert torch.isfinite(pred2).all()
+
+
+def test_spacing_normalization_makes_a_stretched_surface_look_the_same():
+    """Relative log ranges twice as large at spacing 2 give the same features as at 1."""
+    model = _model(smooth_gate=0.05, normalize_spacing=True)
+    a = torch.linspace(0, 0.2, 4).reshape(1, 4, 1).expand(1, 4, 8)
+    valid = torch.ones(1, 4, 8)
+    f1, _, _, _ = model.features(10.0 * torch.exp(a), valid, 1.0)
+    f2, _, _, _ = model.features(10.0 * torch.exp(2 * a), valid, 2.0)
+    n = model.n_neighbors
+    torch.testing.assert_close(f1[:, :-1], f2[:, :-1])  # all but the log reference range
+    assert not torch.allclose(f1[:, :n], model.features(10.0 * torch.exp(2 * a), valid)[0][:, :n])
+    t = torch.tensor([0.5])
+    g1, _ = model._smooth_gate(*model.features(10.0 * torch.exp(a), valid)[1:3], t)
+    g2, _ = model._smooth_gate(*model.features(10.0 * torch.exp(2 * a), valid)[1:3], t, 2.0)
+    torch.testing.assert_close(g1, g2, atol=2e-3, rtol=0)

@@ -54,6 +54,12 @@ class RangeInterpolatorConfig:
     #: residual blend in up to a jump of twice this. Keeps smooth surfaces independent
     #: of the beam spacing seen in training. 0: learned weights everywhere.
     smooth_gate: float = 0.0
+    #: divide the relative range features and the gate's jump by ``spacing`` (the kept
+    #: beams' angular gap in units of the deployed gap; training on a 16-beam image
+    #: thinned to every s-th row uses spacing s): along a smooth surface the relative
+    #: range change between kept beams grows about linearly with the gap, so a surface
+    #: seen through wide training gaps looks like the same surface at the test gap.
+    normalize_spacing: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,7 +96,7 @@ class RangeInterpolator(nn.Module):
             self.head.weight.mul_(0.1)
             self.head.bias.zero_()
 
-    def features(self, rng: torch.Tensor, valid: torch.Tensor
+    def features(self, rng: torch.Tensor, valid: torch.Tensor, spacing: float = 1.0
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Window features -> (B, F, K-1, W), neighbour ranges and validity (B, N, K-1,
         W), reference range (B, 1, K-1, W)."""
@@ -101,30 +107,34 @@ class RangeInterpolator(nn.Module):
         ref = torch.where(wv > 0, wr, big).amin(dim=1, keepdim=True)
         any_valid = (wv.amax(dim=1, keepdim=True) > 0).to(wr.dtype)
         ref = torch.where(any_valid > 0, ref, torch.ones_like(ref)).clamp_min(0.5)
-        lr = torch.log(torch.where(wv > 0, wr, ref).clamp_min(0.5) / ref).clamp(0.0, 2.0)
+        scale = 1.0 / spacing if self.config.normalize_spacing else 1.0
+        lr = (scale * torch.log(torch.where(wv > 0, wr, ref).clamp_min(0.5) / ref)
+              ).clamp(0.0, 2.0)
         rows, cols = 2 * cfg.rows_each_side, 2 * cfg.half_width + 1
         lg = torch.log(torch.where(wv > 0, wr, ref).clamp_min(0.5))
         b, _, g, w = wr.shape
         lg5 = lg.reshape(b, rows, cols, g, w)
         v5 = wv.reshape(b, rows, cols, g, w)
-        dv = (lg5[:, 1:] - lg5[:, :-1]).abs() * v5[:, 1:] * v5[:, :-1]
+        dv = scale * (lg5[:, 1:] - lg5[:, :-1]).abs() * v5[:, 1:] * v5[:, :-1]
         feats = torch.cat([torch.tanh(20.0 * lr), lr, wv,
                            torch.tanh(20.0 * dv.reshape(b, (rows - 1) * cols, g, w)),
                            torch.log(ref) / 4.0], dim=1)
         return feats, wr, wv, ref
 
-    def forward(self, rng: torch.Tensor, valid: torch.Tensor, t: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, rng: torch.Tensor, valid: torch.Tensor, t: torch.Tensor,
+                spacing: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """
         Args:
             rng: (B, K, W) kept ranges (metres; anything where not valid).
             valid: (B, K, W) 1 where a kept pixel holds a return.
             t: (T,) fractions in (0, 1) of the virtual rows within each gap.
+            spacing: the kept rows' gap in units of the deployed one (training only; a
+                Python float, a constant in an export).
 
         Returns:
             range (B, T, K-1, W) metres, return logit and trust logit (B, T, K-1, W).
         """
-        feats, wr, wv, ref = self.features(rng, valid.to(rng.dtype))
+        feats, wr, wv, ref = self.features(rng, valid.to(rng.dtype), spacing)
         b, _, g, w = feats.shape
         n_t = t.shape[0]
         h0 = self.first(feats)  # (B, H, G, W), shared by all t
@@ -140,7 +150,7 @@ class RangeInterpolator(nn.Module):
         logits = out[:, :, :n] + prior.reshape(1, n_t, n, 1, 1)
         gate = None
         if self.config.smooth_gate > 0:
-            gate, linear = self._smooth_gate(wr, wv, t.to(feats.dtype))
+            gate, linear = self._smooth_gate(wr, wv, t.to(feats.dtype), spacing)
             logits = gate * logits + (1.0 - gate) * linear
         wv5 = wv.unsqueeze(1)
         logits = logits + (wv5 - 1.0) * 1e4
@@ -160,8 +170,8 @@ class RangeInterpolator(nn.Module):
         return mean + resid, ret, trust
 
 
-    def _smooth_gate(self, wr: torch.Tensor, wv: torch.Tensor, t: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _smooth_gate(self, wr: torch.Tensor, wv: torch.Tensor, t: torch.Tensor,
+                     spacing: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Gate (B, 1, 1, G, W) in [0, 1] (0 on smooth surfaces) and the fixed linear
         logits (1, T, N, 1, 1): log(1-t), log(t) on the pixels above and below."""
         cfg = self.config
@@ -170,7 +180,10 @@ class RangeInterpolator(nn.Module):
         lo = up + cols
         ru, rl = wr[:, up:up + 1], wr[:, lo:lo + 1]
         both = wv[:, up:up + 1] * wv[:, lo:lo + 1]
-        jump = (ru - rl).abs() / torch.minimum(ru, rl).clamp_min(0.5)
+        if cfg.normalize_spacing:  # |log ratio| (≈ relative jump), per unit of spacing
+            jump = (torch.log(ru.clamp_min(0.5)) - torch.log(rl.clamp_min(0.5))).abs() / spacing
+        else:
+            jump = (ru - rl).abs() / torch.minimum(ru, rl).clamp_min(0.5)
         jump = torch.where(both > 0, jump, torch.ones_like(jump))
         g = cfg.smooth_gate
         gate = ((jump - g) / g).clamp(0.0, 1.0).unsqueeze(1)

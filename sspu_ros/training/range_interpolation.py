@@ -60,6 +60,7 @@ class Task:
     kept: np.ndarray
     target: np.ndarray
     t: np.ndarray
+    spacing: float = 1.0  # kept-row gap in units of the 16-beam scan's
 
 
 def make_tasks(image64: np.ndarray, mode: str = "self16",
@@ -73,7 +74,7 @@ def make_tasks(image64: np.ndarray, mode: str = "self16",
                 k = (len(img) - 1 - p) // s + 1
                 kept = img[p::s][:k]
                 target = np.stack([img[p + j:p + (k - 1) * s:s] for j in range(1, s)])
-                tasks.append(Task(kept, target, np.arange(1, s) / s))
+                tasks.append(Task(kept, target, np.arange(1, s) / s, float(s)))
     elif mode == "full64":
         for p in range(KEEP_EVERY):
             kept = image64[p::KEEP_EVERY]
@@ -112,9 +113,9 @@ class TrainConfig:
 def _batch(tasks: list[Task], rng: np.random.Generator, batch: int, crop: int, width: int):
     """A batch of random column crops of tasks sharing one (K, T) shape, flipped in
     azimuth and scaled in range at random."""
-    shapes = sorted({(t.kept.shape[0], len(t.t)) for t in tasks})
+    shapes = sorted({(t.kept.shape[0], len(t.t), t.spacing) for t in tasks})
     shape = shapes[rng.integers(len(shapes))]
-    pool = [t for t in tasks if (t.kept.shape[0], len(t.t)) == shape]
+    pool = [t for t in tasks if (t.kept.shape[0], len(t.t), t.spacing) == shape]
     kept, target = [], []
     for _ in range(batch):
         task = pool[rng.integers(len(pool))]
@@ -128,15 +129,16 @@ def _batch(tasks: list[Task], rng: np.random.Generator, batch: int, crop: int, w
         target.append(tg * scale)
     kept = torch.from_numpy(np.ascontiguousarray(np.stack(kept)))
     target = torch.from_numpy(np.ascontiguousarray(np.stack(target)))
-    return kept, target, torch.tensor(pool[0].t, dtype=torch.float32)
+    return kept, target, torch.tensor(pool[0].t, dtype=torch.float32), pool[0].spacing
 
 
 def loss_terms(model: RangeInterpolator, kept: torch.Tensor, target: torch.Tensor,
-               t: torch.Tensor, cap: float = 5.0) -> dict[str, torch.Tensor]:
+               t: torch.Tensor, cap: float = 2.0, spacing: float = 1.0
+               ) -> dict[str, torch.Tensor]:
     """Range L1, return BCE, trust BCE (and the MAE of the pixels with a return)."""
     valid = torch.isfinite(kept)
     rng = torch.nan_to_num(kept, nan=0.0)
-    pred, ret, trust = model(rng, valid.float(), t)
+    pred, ret, trust = model(rng, valid.float(), t, spacing)
     has = torch.isfinite(target)
     tgt = torch.nan_to_num(target, nan=0.0)
     reachable = (ret > -20).detach()  # some neighbour exists
@@ -188,8 +190,8 @@ def train(cfg: TrainConfig, log=print) -> Path:
     with (out / "log.jsonl").open("a") as logf:
         while step < cfg.steps:
             model.train()
-            kept, target, t = _batch(tasks, rng, cfg.batch, cfg.crop, cfg.width)
-            terms = loss_terms(model, kept, target, t, cfg.cap)
+            kept, target, t, spacing = _batch(tasks, rng, cfg.batch, cfg.crop, cfg.width)
+            terms = loss_terms(model, kept, target, t, cfg.cap, spacing)
             loss = terms["l1"] + cfg.w_return * terms["ret"] + cfg.w_trust * terms["trust"]
             opt.zero_grad()
             loss.backward()
