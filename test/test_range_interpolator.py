@@ -117,11 +117,11 @@ def test_network_shapes_bounds_and_masking():
     assert float(ret0.max()) < -20 and float(trust0.max()) < -20
 
 
-@pytest.mark.parametrize("smooth_gate", [0.0, 0.05])
-def test_onnx_export_matches_torch(tmp_path, smooth_gate):
+@pytest.mark.parametrize("smooth_gate,normalize", [(0.0, False), (0.05, True)])
+def test_onnx_export_matches_torch(tmp_path, smooth_gate, normalize):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    model = _model(smooth_gate=smooth_gate)
+    model = _model(smooth_gate=smooth_gate, normalize_spacing=normalize)
     path = tmp_path / "ri.onnx"
     export_range_interpolator(model, path, rows=6, width=64, ratio=4)
     rng = (torch.rand(1, 6, 96) * 30 + 2)
@@ -257,3 +257,24 @@ def test_spacing_normalization_makes_a_stretched_surface_look_the_same():
     g1, _ = model._smooth_gate(*model.features(10.0 * torch.exp(a), valid)[1:3], t)
     g2, _ = model._smooth_gate(*model.features(10.0 * torch.exp(2 * a), valid)[1:3], t, 2.0)
     torch.testing.assert_close(g1, g2, atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["range_interp_x4_self16"])
+def test_prototype_checkpoint_loads_and_its_onnx_matches(name):
+    ort = pytest.importorskip("onnxruntime")
+    base = Path(__file__).resolve().parents[1] / "prototypes" / name
+    if not base.with_suffix(".pt").is_file():
+        pytest.skip(f"{base}.pt not present")
+    net = LearnedBeamInterpolator.from_checkpoint(base.with_suffix(".pt"))
+    assert 0 < net.threshold < 1 and count_parameters(net.model) < 50000
+    rng = np.random.default_rng(0).uniform(3, 40, (16, 128)).astype(np.float32)  # K = 16
+    rng[2, 10:20] = np.nan
+    pred, prob = net.predict(rng, 4)
+    assert pred.shape == prob.shape == (3, 15, 128)
+    sess = ort.InferenceSession(str(base.with_suffix(".onnx")),
+                                providers=["CPUExecutionProvider"])
+    valid = np.isfinite(rng)
+    out = sess.run(None, {"range": np.where(valid, rng, 0)[None],
+                          "valid": valid.astype(np.float32)[None],
+                          "t": np.array([0.25, 0.5, 0.75], np.float32)})
+    np.testing.assert_allclose(out[0][0], pred, atol=1e-3, rtol=1e-4)

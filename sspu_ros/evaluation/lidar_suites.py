@@ -189,8 +189,14 @@ def _load_range_models(models: list[str]) -> dict:
             interp = LearnedBeamInterpolator.from_checkpoint(path, threshold=threshold)
         except (OSError, ValueError) as e:
             raise ModelError(f"{m}: {e}") from None
-        out[f"{LEARNED_PREFIX}{Path(path).parent.name or Path(path).stem}"
-            + (f"@{threshold:g}" if threshold is not None else "")] = interp
+        file = Path(path)  # a run folder's checkpoint.pt is named by its folder
+        stem = file.parent.name if file.name == "checkpoint.pt" and file.parent.name \
+            else file.stem
+        name = (f"{LEARNED_PREFIX}{stem}" + (f"@{threshold:g}" if threshold is not None
+                                              else ""))
+        while name in out:
+            name += "'"
+        out[name] = interp
     return out
 
 

@@ -199,12 +199,23 @@ class RangeInterpolator(nn.Module):
         return gate, linear.reshape(1, n_t, n, 1, 1)
 
 
+class _Deployed(nn.Module):
+    """The interpolator at the deployed beam spacing (spacing = 1)."""
+
+    def __init__(self, model: RangeInterpolator) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, rng: torch.Tensor, valid: torch.Tensor, t: torch.Tensor):
+        return self.model(rng, valid, t)
+
+
 def export_range_interpolator(model: RangeInterpolator, path, *, rows: int = 16,
                               width: int = 2048, ratio: int = 4, opset: int = 17) -> None:
     """Export to ONNX with inputs ``range`` (1, K, W) float32, ``valid`` (1, K, W) float32,
     ``t`` (r-1,) float32; outputs ``range``, ``return_logit``, ``trust_logit`` (1, r-1,
     K-1, W). Width is a dynamic axis."""
-    model = model.eval()
+    model = _Deployed(model.eval())  # spacing fixed to 1 (a constant, not an input)
     rng = torch.rand(1, rows, width) * 30 + 2
     valid = torch.ones(1, rows, width)
     t = torch.arange(1, ratio, dtype=torch.float32) / ratio
