@@ -38,6 +38,8 @@ def main() -> int:
                    help="relative jump below which the weights are fixed linear (0: off)")
     p.add_argument("--no-normalize-spacing", action="store_true",
                    help="do not divide the range features by the training gap")
+    p.add_argument("--trust-scale", action="store_true",
+                   help="trust tolerance max(0.3 m, 3 %%) times the training gap")
     p.add_argument("--cap", type=float, default=2.0, help="L1 cap per pixel, metres")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -49,6 +51,7 @@ def main() -> int:
         p.error(f"no scans given and none found under {RAW}")
     cfg = TrainConfig(scans=scans, mode=a.mode, steps=a.steps, batch=a.batch, crop=a.crop,
                       lr=a.lr, seed=a.seed, out=a.out, cap=a.cap,
+                      trust_scale=a.trust_scale,
                       model={"hidden": a.hidden, "layers": a.layers,
                              "half_width": a.half_width, "mix": a.mix,
                              "smooth_gate": a.smooth_gate,

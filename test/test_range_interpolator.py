@@ -278,3 +278,21 @@ def test_prototype_checkpoint_loads_and_its_onnx_matches(name):
                           "valid": valid.astype(np.float32)[None],
                           "t": np.array([0.25, 0.5, 0.75], np.float32)})
     np.testing.assert_allclose(out[0][0], pred, atol=1e-3, rtol=1e-4)
+
+
+def test_bridge_veto_flags_points_on_neither_surface_of_an_edge():
+    from sspu_ros.runtime.range_interpolation import _bridges
+
+    # car above, wall below in columns 0-3; columns 5-7 a smooth surface at ~10 m
+    kept = np.array([[10.0, 10.0, 10.0, 10.0, np.nan, 10.0, 10.0, 10.0],
+                     [30.0, 30.0, 30.0, 30.0, 30.0, 10.5, 10.5, 10.5]])
+    pred = np.array([[20.0, 10.2, 29.5, 20.0, 20.0, 10.3, 11.5, 10.3]])
+    np.testing.assert_array_equal(_bridges(kept, pred, np.array([0]), 8),
+                                  [[True, False, False, True, True, False, False, False]])
+    img, kept_rows, cones = _wall_image()
+    img.range[1, 10] = 40.0  # an edge: a far pixel below the wall's
+    net = LearnedBeamInterpolator(_model(), threshold=0.0, veto_bridges=True)
+    pts, rows = net.interpolate(img, kept_rows, cones, n_rows=16)
+    r = np.linalg.norm(pts, axis=1)
+    # nothing strictly between the two surfaces is emitted
+    assert not ((r > 10.0 * 1.03 + 0.3) & (r < 40.0 * 0.97 - 0.3)).any()

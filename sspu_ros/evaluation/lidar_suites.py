@@ -66,9 +66,11 @@ IMAGE_WIDTH = 2048
 INPUT = "16-beam input"
 MIDPOINTS = "kNN midpoints"
 RANGE_INTERP = "range-image interp"
-#: ``--model range:PATH[@THRESHOLD]``: a learned range-image interpolator checkpoint
-#: (:mod:`sspu_ros.training.range_interpolation`), kitti-beams only.
+#: ``--model range:PATH[@THRESHOLD][+veto]``: a learned range-image interpolator
+#: checkpoint (:mod:`sspu_ros.training.range_interpolation`), kitti-beams only; ``+veto``
+#: drops virtual points bridging a depth discontinuity (on neither surface).
 LEARNED_PREFIX = "range:"
+VETO_SUFFIX = "+veto"
 
 __all__ = [
     "fit_ground_plane",
@@ -180,20 +182,22 @@ def _load_range_models(models: list[str]) -> dict:
     out = {}
     for m in models:
         spec = m[len(LEARNED_PREFIX):]
-        path, _, thr = spec.partition("@")
+        veto = spec.endswith(VETO_SUFFIX)
+        path, _, thr = spec.removesuffix(VETO_SUFFIX).partition("@")
         try:
             threshold = float(thr) if thr else None
         except ValueError:
             raise ModelError(f"{m}: the threshold after '@' must be a number") from None
         try:
-            interp = LearnedBeamInterpolator.from_checkpoint(path, threshold=threshold)
+            interp = LearnedBeamInterpolator.from_checkpoint(path, threshold=threshold,
+                                                             veto_bridges=veto)
         except (OSError, ValueError) as e:
             raise ModelError(f"{m}: {e}") from None
         file = Path(path)  # a run folder's checkpoint.pt is named by its folder
         stem = file.parent.name if file.name == "checkpoint.pt" and file.parent.name \
             else file.stem
         name = (f"{LEARNED_PREFIX}{stem}" + (f"@{threshold:g}" if threshold is not None
-                                              else ""))
+                                              else "") + (VETO_SUFFIX if veto else ""))
         while name in out:
             name += "'"
         out[name] = interp

@@ -26,17 +26,20 @@ class LearnedBeamInterpolator:
     """The learned interpolator on whole range images (PyTorch, CPU by default)."""
 
     def __init__(self, model: RangeInterpolator, *, threshold: float = 0.5,
-                 name: str = "learned range interp") -> None:
+                 name: str = "learned range interp", veto_bridges: bool = False) -> None:
         self.model = model.eval()
         self.threshold = float(threshold)
         self.name = name
+        self.veto_bridges = veto_bridges
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, threshold: float | None = None,
-                        name: str | None = None) -> LearnedBeamInterpolator:
+                        name: str | None = None, veto_bridges: bool = False
+                        ) -> LearnedBeamInterpolator:
         model, ckpt = load_range_interpolator(path)
         thr = ckpt.get("threshold", 0.5) if threshold is None else threshold
-        return cls(model, threshold=thr, name=name or f"learned:{Path(path).stem}")
+        return cls(model, threshold=thr, name=name or f"learned:{Path(path).stem}",
+                   veto_bridges=veto_bridges)
 
     def predict(self, ranges: np.ndarray, ratio: int) -> tuple[np.ndarray, np.ndarray]:
         """(K, W) kept ranges (NaN where empty) -> range and emit probability
@@ -73,10 +76,33 @@ class LearnedBeamInterpolator:
         prob = prob.transpose(1, 0, 2).reshape(-1, width)
         az = az.transpose(1, 0, 2).reshape(-1, width)
         thr = self.threshold if threshold is None else threshold
-        jj, cc = np.nonzero(prob > thr)
+        emit = prob > thr
+        if self.veto_bridges:
+            emit &= ~_bridges(sparse.range, pred, u, width)
+        jj, cc = np.nonzero(emit)
         tj = t[jj]
         elev = ((1 - tj) * kept_cones.elevation_deg[u[jj]]
                 + tj * kept_cones.elevation_deg[u[jj] + 1])
         z0 = (1 - tj) * kept_cones.z0[u[jj]] + tj * kept_cones.z0[u[jj] + 1]
         pts = points_on_cones(pred[jj, cc].astype(np.float64), az[jj, cc], elev, z0)
         return pts.reshape(-1, 3), row[jj]
+
+
+def _bridges(kept: np.ndarray, pred: np.ndarray, gap: np.ndarray, width: int) -> np.ndarray:
+    """(J, W) bool: virtual pixels at a depth discontinuity whose range is on none of the
+    surfaces around them — a ghost bridging them. The neighbourhood is the kept pixels
+    above and below in columns c-1..c+1 (azimuth wraps); a discontinuity is a spread of
+    their ranges over max(1 m, 10 % of the nearest) (the baseline's edge rule); "on a
+    surface" is within max(0.3 m, 3 %) of one of them.
+
+    Args:
+        kept: (K, W) kept ranges (NaN where empty); pred: (J, W) predicted ranges of the
+            virtual rows; gap: (J,) gap index of each virtual row.
+    """
+    rows = np.stack([np.roll(kept[gap + d], s, axis=1) for d in (0, 1) for s in (-1, 0, 1)])
+    with np.errstate(invalid="ignore"):
+        near, far = np.fmin.reduce(rows, axis=0), np.fmax.reduce(rows, axis=0)
+        edge = (far - near) > np.maximum(1.0, 0.1 * near)
+        tol = np.maximum(0.3, 0.03 * pred)
+        on_surface = (np.abs(rows - pred[None]) <= tol[None]).any(axis=0)
+    return edge & ~on_surface

@@ -105,6 +105,7 @@ class TrainConfig:
     w_return: float = 0.5
     w_trust: float = 0.5
     seed: int = 0
+    trust_scale: bool = False
     width: int = 2048
     out: str = "out/range_interp"
     model: dict = field(default_factory=dict)
@@ -133,9 +134,10 @@ def _batch(tasks: list[Task], rng: np.random.Generator, batch: int, crop: int, w
 
 
 def loss_terms(model: RangeInterpolator, kept: torch.Tensor, target: torch.Tensor,
-               t: torch.Tensor, cap: float = 2.0, spacing: float = 1.0
-               ) -> dict[str, torch.Tensor]:
-    """Range L1, return BCE, trust BCE (and the MAE of the pixels with a return)."""
+               t: torch.Tensor, cap: float = 2.0, spacing: float = 1.0,
+               trust_scale: bool = False) -> dict[str, torch.Tensor]:
+    """Range L1, return BCE, trust BCE (and the MAE of the pixels with a return).
+    ``trust_scale``: the trust tolerance grows with the spacing (max(0.3 m, 3 %) × s)."""
     valid = torch.isfinite(kept)
     rng = torch.nan_to_num(kept, nan=0.0)
     pred, ret, trust = model(rng, valid.float(), t, spacing)
@@ -146,7 +148,8 @@ def loss_terms(model: RangeInterpolator, kept: torch.Tensor, target: torch.Tenso
     err = (pred - tgt).abs()
     l1 = torch.where(m, err.clamp(max=cap), torch.zeros_like(err)).sum() / m.sum().clamp_min(1)
     bce_ret = F.binary_cross_entropy_with_logits(ret[reachable], has[reachable].float())
-    tt = trust_target(pred.detach(), tgt)
+    k = spacing if trust_scale else 1.0
+    tt = trust_target(pred.detach(), tgt, abs_tol=0.3 * k, rel_tol=0.03 * k)
     bce_trust = F.binary_cross_entropy_with_logits(trust[m], tt[m])
     return {"l1": l1, "ret": bce_ret, "trust": bce_trust,
             "mae": torch.where(m, err, torch.zeros_like(err)).sum() / m.sum().clamp_min(1)}
@@ -191,7 +194,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
         while step < cfg.steps:
             model.train()
             kept, target, t, spacing = _batch(tasks, rng, cfg.batch, cfg.crop, cfg.width)
-            terms = loss_terms(model, kept, target, t, cfg.cap, spacing)
+            terms = loss_terms(model, kept, target, t, cfg.cap, spacing, cfg.trust_scale)
             loss = terms["l1"] + cfg.w_return * terms["ret"] + cfg.w_trust * terms["trust"]
             opt.zero_grad()
             loss.backward()
