@@ -20,6 +20,13 @@ log of the reference range, and t. The geometry (the neighbours' relative elevat
 offsets ``a - R/2 + 1 - t`` and column offsets) is fixed per channel; it enters as t and as
 a learned distance prior on the weights. All layers are 1×1 convolutions over the
 (gaps × columns) image: fixed-size tensor ops, exportable to ONNX.
+
+Scale transfer (trained on gaps 2× / 4× wider than deployed, see
+:mod:`sspu_ros.training.range_interpolation`): ``smooth_gate`` fixes the weights to
+(1-t, t) on the pixels above and below (no residual) where they differ by less than the
+gate (a smooth surface), and ``normalize_spacing`` divides the relative range features and
+the gate's jump by the training gap, so that a smooth surface seen through a wide gap looks
+like the same surface at the deployed gap. The prototypes were trained with both.
 """
 
 from __future__ import annotations
