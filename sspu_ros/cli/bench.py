@@ -118,7 +118,9 @@ def add_subcommands(sub) -> None:
     p.add_argument("--data", help="quality: the suite's data (default: "
                    + ", ".join(f"{k}: {v}" for k, v in QUALITY_SUITES.items()) + ")")
     p.add_argument("--model", action="append",
-                   help="quality: model(s) to score beside the baselines (repeatable)")
+                   help="quality: model(s) to score beside the baselines (repeatable); "
+                   "kitti-beams also takes range:CHECKPOINT[@THRESHOLD], a learned "
+                   "range-image interpolator (scripts/train_range_interpolator.py)")
     p.add_argument("--limit", type=int, help="quality: first N shapes / frames only")
     p.add_argument("--out", help="quality: write predictions (and figures) here "
                    "(default with --plot: out/quality)")

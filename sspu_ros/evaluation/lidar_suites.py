@@ -66,6 +66,11 @@ IMAGE_WIDTH = 2048
 INPUT = "16-beam input"
 MIDPOINTS = "kNN midpoints"
 RANGE_INTERP = "range-image interp"
+#: ``--model range:PATH[@THRESHOLD][+veto]``: a learned range-image interpolator
+#: checkpoint (:mod:`sspu_ros.training.range_interpolation`), kitti-beams only; ``+veto``
+#: drops virtual points bridging a depth discontinuity (on neither surface).
+LEARNED_PREFIX = "range:"
+VETO_SUFFIX = "+veto"
 
 __all__ = [
     "fit_ground_plane",
@@ -161,7 +166,42 @@ def _safe(name: str) -> str:
 def _load_models(models: list[str]) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     from ..runtime.loading import load_upsampler
 
+    if any(m.startswith(LEARNED_PREFIX) for m in models):
+        raise ModelError(f"'{LEARNED_PREFIX}PATH' models (learned range-image "
+                         "interpolators) need the scan's beams: --suite kitti-beams only")
     return {m: load_upsampler(m, RATIO).upsample for m in models}
+
+
+def _load_range_models(models: list[str]) -> dict:
+    """``range:PATH[@THRESHOLD]`` entries -> learned interpolators
+    (:class:`~sspu_ros.runtime.range_interpolation.LearnedBeamInterpolator`) by name."""
+    if not models:
+        return {}
+    from ..runtime.range_interpolation import LearnedBeamInterpolator
+
+    out = {}
+    for m in models:
+        spec = m[len(LEARNED_PREFIX):]
+        veto = spec.endswith(VETO_SUFFIX)
+        path, _, thr = spec.removesuffix(VETO_SUFFIX).partition("@")
+        try:
+            threshold = float(thr) if thr else None
+        except ValueError:
+            raise ModelError(f"{m}: the threshold after '@' must be a number") from None
+        try:
+            interp = LearnedBeamInterpolator.from_checkpoint(path, threshold=threshold,
+                                                             veto_bridges=veto)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{m}: {e}") from None
+        file = Path(path)  # a run folder's checkpoint.pt is named by its folder
+        stem = file.parent.name if file.name == "checkpoint.pt" and file.parent.name \
+            else file.stem
+        name = (f"{LEARNED_PREFIX}{stem}" + (f"@{threshold:g}" if threshold is not None
+                                              else "") + (VETO_SUFFIX if veto else ""))
+        while name in out:
+            name += "'"
+        out[name] = interp
+    return out
 
 
 class _Pool:
@@ -201,7 +241,9 @@ def run_kitti_beams(data: str | Path, models: list[str], *, out_dir: str | Path 
 
     Args:
         data: the KITTI folder (with ``object/{velodyne,label_2,calib}``).
-        models: upsampler names or paths for ``load_upsampler(model, 4)``.
+        models: upsampler names or paths for ``load_upsampler(model, 4)``, and learned
+            range-image interpolators ``range:PATH[@THRESHOLD]`` (run on the 16-beam range
+            image like the range-image interpolation baseline).
         out_dir: write each method's densified front crop per frame (``.ply``) there.
         limit: first ``limit`` frames only.
         plot: write ``kitti_beams.png`` (range images of the first frame) into ``out_dir``
@@ -226,8 +268,9 @@ def run_kitti_beams(data: str | Path, models: list[str], *, out_dir: str | Path 
     from ..io.kitti import boxes_to_lidar, points_in_boxes, read_calib, read_labels, read_velodyne
 
     frames = kitti_frames(data)[frames if frames is not None else slice(None)][: limit or None]
-    fns = _load_models(models)
-    names = [INPUT, MIDPOINTS, RANGE_INTERP, *fns]
+    learned = _load_range_models([m for m in models if m.startswith(LEARNED_PREFIX)])
+    fns = _load_models([m for m in models if not m.startswith(LEARNED_PREFIX)])
+    names = [INPUT, MIDPOINTS, RANGE_INTERP, *learned, *fns]
     pool = _Pool()
     seconds: dict[str, list[float]] = {n: [] for n in names}
     per_frame: dict[str, list] = {n: [] for n in names}
@@ -278,10 +321,17 @@ def run_kitti_beams(data: str | Path, models: list[str], *, out_dir: str | Path 
                                        n_rows=N_BEAMS)
             return np.concatenate([sparse, new])
 
+        def learned_interp(_crop, net, sparse=sparse, sparse_img=sparse_img,
+                           kept_rows=kept_rows, cones=cones):
+            new, _ = net.interpolate(sparse_img, kept_rows, cones.subset(kept_rows),
+                                     n_rows=N_BEAMS)
+            return np.concatenate([sparse, new])
+
         methods: dict[str, Callable[[np.ndarray], np.ndarray]] = {
             INPUT: lambda _crop, sparse=sparse: sparse,
             MIDPOINTS: lambda c: midpoint_upsample(c, RATIO),
             RANGE_INTERP: interp,
+            **{n: (lambda c, net=net: learned_interp(c, net)) for n, net in learned.items()},
             **fns,
         }
         frame_imgs = {"truth": truth_img.range}

@@ -1,0 +1,130 @@
+"""Neighbour windows of virtual beams in a range image (the learned interpolator's input).
+
+A range image of K kept beams ``(K, W)`` (row = beam, top first; column = azimuth bin, see
+:mod:`.beams`) has K-1 *gaps*; gap ``u`` lies between kept rows ``u`` and ``u+1``. A
+*virtual* beam pixel sits in gap ``u`` at the fractional position ``t`` in (0, 1) (t = j/r
+for the r-1 virtual rows of an r-fold upsampling) and column ``c``.
+
+Its window is the ``(2·rows_each_side) × (2·half_width + 1)`` block of kept pixels in rows
+``u-rows_each_side+1 .. u+rows_each_side`` and columns ``c-half_width .. c+half_width``
+(azimuth wraps around; rows beyond the image are empty). Window row ``a`` is at the signed
+elevation offset ``a - rows_each_side + 1 - t`` (in kept-row spacings) from the virtual
+pixel, window column ``b`` at ``b - half_width`` columns.
+
+Everything in torch is fixed-size slicing (no data-dependent loops): it exports to ONNX.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "gather_windows",
+    "gap_rows",
+    "virtual_azimuth",
+    "window_offsets",
+]
+
+
+def gather_windows(rng: torch.Tensor, valid: torch.Tensor, *, rows_each_side: int = 2,
+                   half_width: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """The window of every gap pixel.
+
+    Args:
+        rng: (B, K, W) float ranges of the kept rows (any value where not valid).
+        valid: (B, K, W) bool or float, 1 where the pixel holds a return.
+        rows_each_side: kept rows taken above the gap and below it (R = 2·rows_each_side).
+        half_width: columns taken on each side (C = 2·half_width + 1).
+
+    Returns:
+        ranges (B, R·C, K-1, W) and valid (B, R·C, K-1, W) float (0 where padded or
+        empty; ranges are 0 wherever valid is 0). Channel ``a·C + b`` holds window row a
+        (kept row ``u + a - rows_each_side + 1`` for gap u) and column b (``c + b -
+        half_width``).
+    """
+    if rng.dim() != 3 or valid.shape != rng.shape:
+        raise ValueError(f"expected rng and valid of shape (B, K, W), got {tuple(rng.shape)} "
+                         f"and {tuple(valid.shape)}")
+    k, w = rng.shape[1], rng.shape[2]
+    if k < 2:
+        raise ValueError(f"need at least 2 kept rows, got {k}")
+    v = valid.to(rng.dtype)
+    r = torch.where(v > 0, rng, torch.zeros_like(rng))
+    pad_rows = rows_each_side - 1
+
+    def pad(x: torch.Tensor) -> torch.Tensor:  # (B, K, W) -> (B, K + 2p, W + 2h)
+        x = x.unsqueeze(1)
+        if half_width:
+            x = torch.cat([x[..., w - half_width:], x, x[..., :half_width]], dim=-1)
+        x = F.pad(x, (0, 0, pad_rows, pad_rows))  # zero rows: empty
+        return x.squeeze(1)
+
+    pr, pv = pad(r), pad(v)
+    out_r, out_v = [], []
+    for a in range(2 * rows_each_side):  # fixed-size slices, unrolled at export
+        for b in range(2 * half_width + 1):
+            out_r.append(pr[:, a:a + k - 1, b:b + w])
+            out_v.append(pv[:, a:a + k - 1, b:b + w])
+    return torch.stack(out_r, dim=1), torch.stack(out_v, dim=1)
+
+
+def window_offsets(t: float | np.ndarray, *, rows_each_side: int = 2,
+                   half_width: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Relative offsets of the window pixels from a virtual pixel at fraction t.
+
+    Returns:
+        (…, R·C) elevation offsets in kept-row spacings (positive = below, rows increase
+        downwards) and (R·C,) column offsets, in the channel order of
+        :func:`gather_windows`.
+    """
+    c = 2 * half_width + 1
+    rows = np.repeat(np.arange(2 * rows_each_side) - rows_each_side + 1, c).astype(np.float64)
+    cols = np.tile(np.arange(c) - half_width, 2 * rows_each_side).astype(np.float64)
+    t = np.asarray(t, dtype=np.float64)
+    return rows - t[..., None], cols
+
+
+def gap_rows(kept_rows: np.ndarray, ratio: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Virtual rows of an r-fold upsampling between consecutive kept rows.
+
+    Args:
+        kept_rows: (K,) increasing row numbers of the kept beams in the dense image (e.g.
+            ``0, 4, …, 60``); the dense rows between two kept ones must be ``ratio - 1``.
+        ratio: r.
+
+    Returns:
+        (J,) gap index u, (J,) fraction t = j/r, (J,) dense row number, J = (K-1)(r-1),
+        ordered by gap then t.
+    """
+    kept_rows = np.asarray(kept_rows, dtype=np.int64)
+    if (np.diff(kept_rows) != ratio).any():
+        raise ValueError(f"kept rows must be {ratio} apart, got {kept_rows.tolist()}")
+    gaps = len(kept_rows) - 1
+    u = np.repeat(np.arange(gaps), ratio - 1)
+    j = np.tile(np.arange(1, ratio), gaps)
+    return u, j / ratio, kept_rows[u] + j
+
+
+def virtual_azimuth(azimuth: np.ndarray, t: np.ndarray, width: int) -> np.ndarray:
+    """Azimuth of every virtual pixel: circular interpolation between the pixels above
+    and below (as :func:`~.beams.interpolate_beams`), the one that exists when only one
+    does, the column centre when neither.
+
+    Args:
+        azimuth: (K, W) azimuth of the kept pixels, NaN where empty.
+        t: (T,) fractions of the virtual rows within a gap.
+
+    Returns:
+        (T, K-1, W) float64 radians.
+    """
+    aa, ab = azimuth[:-1][None], azimuth[1:][None]  # (1, K-1, W)
+    t = np.asarray(t, dtype=np.float64)[:, None, None]
+    centre = (np.arange(width) + 0.5) / width * 2 * np.pi - np.pi
+    centre = np.broadcast_to(centre, (len(t), azimuth.shape[0] - 1, width))
+    with np.errstate(invalid="ignore"):
+        both = aa + np.angle(np.exp(1j * (ab - aa))) * t
+    out = np.where(np.isfinite(both), both, np.where(np.isfinite(aa), aa,
+                                                     np.where(np.isfinite(ab), ab, centre)))
+    return np.broadcast_to(out, centre.shape).copy()

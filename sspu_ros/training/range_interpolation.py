@@ -1,0 +1,216 @@
+"""Training the learned range-image interpolator (:mod:`sspu_ros.model.range_interpolator`).
+
+Self-supervision from 16-beam scans only (``mode="self16"``): a 64-beam KITTI scan is
+reduced to its 16-beam input (every 4th recovered ring, exactly what the benchmark feeds
+the densifier); that 16-row range image is thinned once more, keeping every ``s``-th row
+(s = 2: 8 rows, one virtual row per gap at t = 1/2; s = 4: 4 rows, three virtual rows at
+t = 1/4, 1/2, 3/4; every phase), and the network learns to predict the dropped 16-beam
+rows from the kept ones. The 64-beam rows are never seen.
+
+``mode="full64"`` (a *supervised* reference, to be labelled as such): input the 16-beam
+image (every phase of every 4th ring), targets the 3 dropped 64-beam rows per gap.
+
+Losses per virtual pixel whose target row holds a return: L1 on the range (metres, each
+pixel capped at ``cap`` = 2 metres), BCE of the return logit against "the target pixel holds a
+return" (every pixel with at least one valid neighbour), BCE of the trust logit against
+"|predicted - true| <= max(0.3 m, 3 % of the range)" (on pixels with a return; the
+prediction detached).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..geometry.beams import range_image, recover_rings
+from ..io.kitti import read_velodyne
+from ..model.range_interpolator import (
+    RangeInterpolator,
+    RangeInterpolatorConfig,
+    count_parameters,
+    save_range_interpolator,
+)
+
+__all__ = ["TrainConfig", "Task", "load_scan_image", "make_tasks", "train", "trust_target"]
+
+N_BEAMS = 64
+KEEP_EVERY = 4
+
+
+def load_scan_image(path: str | Path, width: int = 2048) -> np.ndarray:
+    """(64, W) float32 range image of a KITTI scan (NaN where empty)."""
+    scan = read_velodyne(path)[:, :3].astype(np.float64)
+    rings = recover_rings(scan)
+    if rings.max() + 1 != N_BEAMS:
+        raise ValueError(f"{path}: recovered {rings.max() + 1} rings, expected {N_BEAMS}")
+    return range_image(scan, rings, N_BEAMS, width).range.astype(np.float32)
+
+
+@dataclass
+class Task:
+    """One training example: kept rows (K, W) and targets (T, K-1, W) at fractions t."""
+
+    kept: np.ndarray
+    target: np.ndarray
+    t: np.ndarray
+    spacing: float = 1.0  # kept-row gap in units of the 16-beam scan's
+
+
+def make_tasks(image64: np.ndarray, mode: str = "self16",
+               strides: tuple[int, ...] = (2, 4)) -> list[Task]:
+    """Every (stride, phase) task of one scan's 64-row image (see the module doc)."""
+    tasks = []
+    if mode == "self16":
+        img = image64[::KEEP_EVERY]  # the 16-beam input, rows 0, 4, ..., 60
+        for s in strides:
+            for p in range(s):
+                k = (len(img) - 1 - p) // s + 1
+                kept = img[p::s][:k]
+                target = np.stack([img[p + j:p + (k - 1) * s:s] for j in range(1, s)])
+                tasks.append(Task(kept, target, np.arange(1, s) / s, float(s)))
+    elif mode == "full64":
+        for p in range(KEEP_EVERY):
+            kept = image64[p::KEEP_EVERY]
+            k = len(kept)
+            target = np.stack([image64[p + j:p + (k - 1) * KEEP_EVERY:KEEP_EVERY]
+                               for j in range(1, KEEP_EVERY)])
+            tasks.append(Task(kept, target, np.arange(1, KEEP_EVERY) / KEEP_EVERY))
+    else:
+        raise ValueError(f"mode must be 'self16' or 'full64', got {mode!r}")
+    return tasks
+
+
+def trust_target(pred: torch.Tensor, truth: torch.Tensor, *, abs_tol: float = 0.3,
+                 rel_tol: float = 0.03) -> torch.Tensor:
+    """1 where |pred - truth| <= max(abs_tol, rel_tol · truth)."""
+    return ((pred - truth).abs() <= torch.clamp(rel_tol * truth, min=abs_tol)).to(pred.dtype)
+
+
+@dataclass
+class TrainConfig:
+    scans: list[str] = field(default_factory=list)
+    mode: str = "self16"
+    steps: int = 3000
+    batch: int = 8
+    crop: int = 512
+    lr: float = 3e-3
+    cap: float = 2.0
+    w_return: float = 0.5
+    w_trust: float = 0.5
+    seed: int = 0
+    trust_scale: bool = False
+    width: int = 2048
+    out: str = "out/range_interp"
+    model: dict = field(default_factory=dict)
+
+
+def _batch(tasks: list[Task], rng: np.random.Generator, batch: int, crop: int, width: int):
+    """A batch of random column crops of tasks sharing one (K, T) shape, flipped in
+    azimuth and scaled in range at random."""
+    shapes = sorted({(t.kept.shape[0], len(t.t), t.spacing) for t in tasks})
+    shape = shapes[rng.integers(len(shapes))]
+    pool = [t for t in tasks if (t.kept.shape[0], len(t.t), t.spacing) == shape]
+    kept, target = [], []
+    for _ in range(batch):
+        task = pool[rng.integers(len(pool))]
+        c0 = rng.integers(width)
+        cols = (c0 + np.arange(crop)) % width
+        k, tg = task.kept[:, cols], task.target[:, :, cols]
+        if rng.random() < 0.5:
+            k, tg = k[:, ::-1], tg[:, :, ::-1]
+        scale = float(np.exp(rng.uniform(-0.2, 0.2)))
+        kept.append(k * scale)
+        target.append(tg * scale)
+    kept = torch.from_numpy(np.ascontiguousarray(np.stack(kept)))
+    target = torch.from_numpy(np.ascontiguousarray(np.stack(target)))
+    return kept, target, torch.tensor(pool[0].t, dtype=torch.float32), pool[0].spacing
+
+
+def loss_terms(model: RangeInterpolator, kept: torch.Tensor, target: torch.Tensor,
+               t: torch.Tensor, cap: float = 2.0, spacing: float = 1.0,
+               trust_scale: bool = False) -> dict[str, torch.Tensor]:
+    """Range L1, return BCE, trust BCE (and the MAE of the pixels with a return).
+    ``trust_scale``: the trust tolerance grows with the spacing (max(0.3 m, 3 %) × s)."""
+    valid = torch.isfinite(kept)
+    rng = torch.nan_to_num(kept, nan=0.0)
+    pred, ret, trust = model(rng, valid.float(), t, spacing)
+    has = torch.isfinite(target)
+    tgt = torch.nan_to_num(target, nan=0.0)
+    reachable = (ret > -20).detach()  # some neighbour exists
+    m = has & reachable
+    err = (pred - tgt).abs()
+    l1 = torch.where(m, err.clamp(max=cap), torch.zeros_like(err)).sum() / m.sum().clamp_min(1)
+    bce_ret = F.binary_cross_entropy_with_logits(ret[reachable], has[reachable].float())
+    k = spacing if trust_scale else 1.0
+    tt = trust_target(pred.detach(), tgt, abs_tol=0.3 * k, rel_tol=0.03 * k)
+    bce_trust = F.binary_cross_entropy_with_logits(trust[m], tt[m])
+    return {"l1": l1, "ret": bce_ret, "trust": bce_trust,
+            "mae": torch.where(m, err, torch.zeros_like(err)).sum() / m.sum().clamp_min(1)}
+
+
+def train(cfg: TrainConfig, log=print) -> Path:
+    """Train and write ``cfg.out``/``checkpoint.pt`` (every 250 steps and at the end)
+    and ``log.jsonl``; resumes from an existing checkpoint.pt there."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = []
+    for scan in cfg.scans:
+        tasks += make_tasks(load_scan_image(scan, cfg.width), cfg.mode)
+    model = RangeInterpolator(RangeInterpolatorConfig(**cfg.model))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    step = 0
+    ckpt_path = out / "checkpoint.pt"
+    if ckpt_path.is_file():
+        ck = torch.load(str(ckpt_path), weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        step = ck["step"]
+        rng = np.random.default_rng(cfg.seed + step)
+        log(f"resumed at step {step}")
+    log(f"{len(tasks)} tasks from {len(cfg.scans)} scans, mode {cfg.mode}, "
+        f"{count_parameters(model)} parameters")
+    meta = {"trained_on": [str(s) for s in cfg.scans], "mode": cfg.mode,
+            "train_config": {k: v for k, v in cfg.__dict__.items() if k != "scans"}}
+
+    def save():
+        save_range_interpolator(ckpt_path, model, optimizer=opt.state_dict(),
+                                scheduler=sched.state_dict(), step=step, threshold=0.5, **meta)
+
+    t0 = time.time()
+    acc: dict[str, float] = {}
+    with (out / "log.jsonl").open("a") as logf:
+        while step < cfg.steps:
+            model.train()
+            kept, target, t, spacing = _batch(tasks, rng, cfg.batch, cfg.crop, cfg.width)
+            terms = loss_terms(model, kept, target, t, cfg.cap, spacing, cfg.trust_scale)
+            loss = terms["l1"] + cfg.w_return * terms["ret"] + cfg.w_trust * terms["trust"]
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            step += 1
+            for k, v in terms.items():
+                acc[k] = acc.get(k, 0.0) + float(v.detach())
+            if step % 50 == 0:
+                rec = {"step": step, "s": round(time.time() - t0, 1),
+                       **{k: round(v / 50, 4) for k, v in acc.items()}}
+                logf.write(json.dumps(rec) + "\n")
+                logf.flush()
+                log(json.dumps(rec))
+                acc = {}
+            if step % 250 == 0 or step == cfg.steps:
+                save()
+    return ckpt_path
