@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ros_graph import ros_domain_id
 
 from sspu_ros.cli.main import main
 from sspu_ros.io.bags import (
@@ -255,7 +256,7 @@ def test_play_then_record_round_trip(tmp_path):
     scans = [_scan(rng, 500) for _ in range(5)]
     src = _write_bag(tmp_path / "in", scans)
     out = tmp_path / "rec"
-    env = dict(os.environ, ROS_DOMAIN_ID=str(150 + os.getpid() % 80),
+    env = dict(os.environ, ROS_DOMAIN_ID=str(ros_domain_id()),
                ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     sspu = [sys.executable, "-m", "sspu_ros"]
     rec = subprocess.Popen(sspu + ["record", str(out), "--topics", "/replay", "--count", "5",
