@@ -12,7 +12,7 @@ sensor_msgs = pytest.importorskip("sensor_msgs.msg", reason="sensor_msgs not ins
 
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from ros_graph import ros_domain_id  # noqa: E402
+from ros_graph import ros_domain_id, xyzi_scan  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
@@ -20,15 +20,7 @@ from sspu_ros.io.pointcloud2 import GENERATED_FIELD, decode, encode_structured  
 from sspu_ros.io.pointcloud2_message import to_pointcloud2  # noqa: E402
 from sspu_ros.ros.node import create_node, main  # noqa: E402
 
-
-def _scan(n=400, seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    pts = np.zeros(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("intensity", "<f4")])
-    ang = rng.uniform(0, 2 * np.pi, n)
-    pts["x"], pts["y"] = 10 * np.cos(ang), 10 * np.sin(ang)
-    pts["z"] = rng.uniform(-1, 1, n)
-    pts["intensity"] = pts["x"]
-    return pts
+_scan = xyzi_scan
 
 
 @pytest.fixture
