@@ -1,4 +1,5 @@
 import sys, time, numpy as np
+from _score import score
 from pathlib import Path
 from scipy.spatial import cKDTree
 from sspu_ros.io.cloud_files import read_cloud, read_mesh
@@ -23,13 +24,4 @@ def run(x, kind, k=6, proj=False):
 methods = {"mid6": lambda x: run(x, "mid"), "mid6+cen": lambda x: run(x, "cen"),
            "mid6+third": lambda x: run(x, "third"), "mid6+cen proj": lambda x: run(x, "cen", proj=True),
            "mid5": lambda x: run(x, "mid", k=5), "mid7": lambda x: run(x, "mid", k=7)}
-res = {m: [[], [], [], []] for m in methods}
-for p in sorted((D/"input").glob("*.xyz")):
-    x = read_cloud(p).xyz; g = read_cloud(D/"gt"/p.name).xyz
-    mp = D/"meshes"/f"{p.stem}.off"; mesh = MeshDistance(*read_mesh(mp)) if mp.is_file() else None
-    for m, f in methods.items():
-        t = time.perf_counter(); y = f(x); res[m][3].append(time.perf_counter()-t)
-        cd, hd = chamfer_hausdorff(y, g); res[m][0].append(cd); res[m][1].append(hd)
-        if mesh is not None: res[m][2].append(mesh(y))
-for m, (cd, hd, p2f, t) in res.items():
-    print(f"{m:16s} CD {1e3*np.mean(cd):.3f} HD {1e3*np.mean(hd):.3f} P2F {1e3*np.concatenate(p2f).mean():.3f} t {np.median(t):.3f}")
+score(methods, D)
