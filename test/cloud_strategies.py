@@ -99,16 +99,11 @@ WIRE_CORRUPTIONS = ("truncate", "extend", "shrink_point_step", "bogus_datatype",
                     "declared_10M_points", "absurd_size", "width_overflow")
 
 
-def corrupt_for_wire(msg, corruption: str, amount: int, draw) -> NS:
-    """``msg`` (from :func:`build_random_msg`) made malformed in one way that
-    :func:`sspu_ros.io.pointcloud2.decode` must reject; ``draw``: hypothesis' draw function.
-    Declared sizes are never backed by data: nothing of that size may be allocated."""
-    fields = [NS(**vars(f)) for f in msg.fields]
-    msg = NS(**vars(msg))
-    msg.fields = fields
-    raw = bytes(msg.data)
-    msg.data = raw
-    j = draw(st.integers(0, len(fields) - 1))
+def corrupt_layout(msg, fields, raw: bytes, corruption: str, amount: int, j: int,
+                   draw) -> bool:
+    """The corruptions of sizes and names that both the decoder's property test and the
+    wire fuzz test make (data length, point step, row step, a duplicate field name), on
+    ``msg`` in place; True when ``corruption`` was one of them."""
     if corruption == "truncate":
         if raw:
             msg.data = raw[:-amount]
@@ -119,6 +114,30 @@ def corrupt_for_wire(msg, corruption: str, amount: int, draw) -> NS:
     elif corruption == "shrink_point_step":
         end = max(f.offset + SIZE[f.datatype] * f.count for f in fields)
         msg.point_step = end - draw(st.integers(1, end))
+    elif corruption == "duplicate_name":
+        fields[(j + 1) % len(fields)].name = fields[j].name
+    elif corruption == "row_step_small":
+        if msg.width == 0:
+            msg.width = 1
+        msg.row_step = msg.width * msg.point_step - 1
+        msg.data = b"\0" * (msg.height * max(msg.row_step, 0))
+    else:
+        return False
+    return True
+
+
+def corrupt_for_wire(msg, corruption: str, amount: int, draw) -> NS:
+    """``msg`` (from :func:`build_random_msg`) made malformed in one way that
+    :func:`sspu_ros.io.pointcloud2.decode` must reject; ``draw``: hypothesis' draw function.
+    Declared sizes are never backed by data: nothing of that size may be allocated."""
+    fields = [NS(**vars(f)) for f in msg.fields]
+    msg = NS(**vars(msg))
+    msg.fields = fields
+    raw = bytes(msg.data)
+    msg.data = raw
+    j = draw(st.integers(0, len(fields) - 1))
+    if corrupt_layout(msg, fields, raw, corruption, amount, j, draw):
+        pass
     elif corruption == "bogus_datatype":
         fields[j].datatype = draw(st.sampled_from([0, 9, 17, 255]))
     elif corruption == "offset_past_point_step":
@@ -128,13 +147,6 @@ def corrupt_for_wire(msg, corruption: str, amount: int, draw) -> NS:
     elif corruption == "remove_xyz":
         gone = draw(st.sampled_from("xyz"))
         msg.fields = [f for f in fields if f.name != gone]
-    elif corruption == "duplicate_name":
-        fields[(j + 1) % len(fields)].name = fields[j].name
-    elif corruption == "row_step_small":
-        if msg.width == 0:
-            msg.width = 1
-        msg.row_step = msg.width * msg.point_step - 1
-        msg.data = b"\0" * (msg.height * max(msg.row_step, 0))
     elif corruption == "zero_count":
         fields[j].count = 0
     elif corruption == "zero_point_step":

@@ -21,6 +21,7 @@ from cloud_strategies import (  # test/cloud_strategies.py, shared with test_nod
     SIZE,
     STRUCT_CHAR,
     build_random_msg,
+    corrupt_layout,
     layouts,
     malformed_wire_clouds,
     pf,
@@ -672,30 +673,14 @@ def test_property_corruptions_raise_format_error(layout, corruption, amount, dat
     msg.fields = fields
     raw = bytes(msg.data)
     j = data.draw(st.integers(0, len(fields) - 1))
-    if corruption == "truncate":
-        if raw:
-            msg.data = raw[:-amount]
-        else:  # nothing to truncate: make the expected length non-zero instead
-            msg.row_step += amount
-    elif corruption == "extend":
-        msg.data = raw + b"\0" * amount
-    elif corruption == "shrink_point_step":
-        end = max(f.offset + SIZE[f.datatype] * f.count for f in fields)
-        msg.point_step = end - data.draw(st.integers(1, end))
+    if corrupt_layout(msg, fields, raw, corruption, amount, j, data.draw):
+        pass
     elif corruption == "bogus_datatype":
         fields[j].datatype = data.draw(st.sampled_from([0, 9, 17, -1, 255]))
     elif corruption == "negative_offset":
         fields[j].offset = -amount
     elif corruption == "remove_x":
         msg.fields = [f for f in fields if f.name != "x"]
-    elif corruption == "duplicate_name":
-        k = (j + 1) % len(fields)
-        fields[k].name = fields[j].name
-    elif corruption == "row_step_small":
-        if msg.width == 0:
-            msg.width = 1
-        msg.row_step = msg.width * msg.point_step - 1
-        msg.data = b"\0" * (msg.height * max(msg.row_step, 0))
     elif corruption == "absurd_size":
         msg.height, msg.width = 10**9 + amount, 10**9
     elif corruption == "garbage_height":
