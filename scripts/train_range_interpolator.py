@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from sspu_ros.training.range_interpolation import TrainConfig, train
+from sspu_ros.training.range_interpolation import MODES, TrainConfig, train
 
 RAW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kitti" / \
     "raw_2011_09_26_drive_0001" / "velodyne_points" / "data"
@@ -23,9 +23,13 @@ RAW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kitti" /
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scans", nargs="*", help="KITTI .bin scans (default: raw drive 0001 "
-                   "scans 0-4)")
-    p.add_argument("--mode", choices=["self16", "full64"], default="self16")
+    p.add_argument("--scans", nargs="*", help="KITTI .bin scans or .npy (H, W) range "
+                   "images (default: raw drive 0001 scans 0-4)")
+    p.add_argument("--mode", choices=list(MODES), default="self16",
+                   help="self16: KITTI 64-beam scans thinned to 16 beams, self-supervised; "
+                   "self: the images as they are (a 16-beam sensor's), self-supervised; "
+                   "full64: supervised 64-beam targets (a labelled reference)")
+    p.add_argument("--init", help="start from this range-interpolator checkpoint")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=512)
@@ -49,7 +53,8 @@ def main() -> int:
     scans = a.scans or [str(s) for s in sorted(RAW.glob("*.bin"))[:5]]
     if not scans:
         p.error(f"no scans given and none found under {RAW}")
-    cfg = TrainConfig(scans=scans, mode=a.mode, steps=a.steps, batch=a.batch, crop=a.crop,
+    cfg = TrainConfig(scans=scans, mode=a.mode, init=a.init, steps=a.steps, batch=a.batch,
+                      crop=a.crop,
                       lr=a.lr, seed=a.seed, out=a.out, cap=a.cap,
                       trust_scale=a.trust_scale,
                       model={"hidden": a.hidden, "layers": a.layers,

@@ -27,7 +27,14 @@ from sspu_ros.model.range_interpolator import (
     save_range_interpolator,
 )
 from sspu_ros.runtime.range_interpolation import LearnedBeamInterpolator
-from sspu_ros.training.range_interpolation import loss_terms, make_tasks, trust_target
+from sspu_ros.training.range_interpolation import (
+    TrainConfig,
+    load_image,
+    loss_terms,
+    make_tasks,
+    train,
+    trust_target,
+)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -296,3 +303,43 @@ def test_bridge_veto_flags_points_on_neither_surface_of_an_edge():
     r = np.linalg.norm(pts, axis=1)
     # nothing strictly between the two surfaces is emitted
     assert not ((r > 10.0 * 1.03 + 0.3) & (r < 40.0 * 0.97 - 0.3)).any()
+
+
+def test_self_tasks_on_a_native_16_row_image():
+    img = np.arange(16 * 6, dtype=np.float32).reshape(16, 6)
+    tasks = make_tasks(img, "self")
+    assert [(t.spacing, t.kept.shape[0]) for t in tasks] == [(2.0, 8), (2.0, 8), (4.0, 4),
+                                                             (4.0, 4), (4.0, 4), (4.0, 4)]
+    t = tasks[3]  # stride 4, phase 1: rows 1, 5, 9, 13; targets 2, 3, 4 of the first gap
+    np.testing.assert_array_equal(t.kept[:, 0], img[[1, 5, 9, 13], 0])
+    np.testing.assert_array_equal(t.target[:, 0, 0], img[[2, 3, 4], 0])
+    # a 16-row image in "self" mode gives the same tasks as its 64-row parent in "self16"
+    parent = np.repeat(img, 4, axis=0)
+    for a, b in zip(make_tasks(parent, "self16"), tasks, strict=True):
+        np.testing.assert_array_equal(a.kept, b.kept)
+        np.testing.assert_array_equal(a.target, b.target)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        make_tasks(img, "self64")
+
+
+def test_training_from_npy_images_and_an_init_checkpoint(tmp_path):
+    rng = np.random.default_rng(0)
+    img = (10 + rng.random((16, 64))).astype(np.float32)
+    img[3, 5:9] = np.nan
+    np.save(tmp_path / "scan.npy", img)
+    np.save(tmp_path / "bad.npy", img[0])
+    np.testing.assert_array_equal(load_image(tmp_path / "scan.npy"), img)
+    with pytest.raises(ValueError, match="expected an"):
+        load_image(tmp_path / "bad.npy")
+    base = _model()
+    save_range_interpolator(tmp_path / "init.pt", base, threshold=0.5)
+    cfg = TrainConfig(scans=[str(tmp_path / "scan.npy")], mode="self", steps=2, batch=2,
+                      crop=32, init=str(tmp_path / "init.pt"), out=str(tmp_path / "run"),
+                      model={"hidden": 999})  # ignored: init brings its own architecture
+    ck_path = train(cfg, log=lambda s: None)
+    trained, ck = load_range_interpolator(ck_path)
+    assert trained.config == base.config and ck["init"] == str(tmp_path / "init.pt")
+    assert ck["step"] == 2
+    moved = [not torch.equal(a, b) for a, b in zip(trained.state_dict().values(),
+                                                   base.state_dict().values(), strict=True)]
+    assert any(moved)  # it trained from the init weights

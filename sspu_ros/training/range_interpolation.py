@@ -7,6 +7,9 @@ the densifier); that 16-row range image is thinned once more, keeping every ``s`
 t = 1/4, 1/2, 3/4; every phase), and the network learns to predict the dropped 16-beam
 rows from the kept ones. The 64-beam rows are never seen.
 
+``mode="self"``: the same self-supervision on an image that already is the sensor's own
+resolution (a 16-beam bag's scans, :func:`self_tasks`): no 64-beam data at all.
+
 ``mode="full64"`` (a *supervised* reference, to be labelled as such): input the 16-beam
 image (every phase of every 4th ring), targets the 3 dropped 64-beam rows per gap.
 
@@ -35,10 +38,14 @@ from ..model.range_interpolator import (
     RangeInterpolator,
     RangeInterpolatorConfig,
     count_parameters,
+    load_range_interpolator,
     save_range_interpolator,
 )
 
-__all__ = ["TrainConfig", "Task", "load_scan_image", "make_tasks", "train", "trust_target"]
+__all__ = ["MODES", "TrainConfig", "Task", "load_image", "load_scan_image", "make_tasks",
+           "self_tasks", "train", "trust_target"]
+
+MODES = ("self16", "self", "full64")
 
 N_BEAMS = 64
 KEEP_EVERY = 4
@@ -53,6 +60,18 @@ def load_scan_image(path: str | Path, width: int = 2048) -> np.ndarray:
     return range_image(scan, rings, N_BEAMS, width).range.astype(np.float32)
 
 
+def load_image(path: str | Path, width: int = 2048) -> np.ndarray:
+    """A training image: a KITTI ``.bin`` scan (its 64-row image, :func:`load_scan_image`)
+    or a ``.npy`` (H, W) float32 range image (NaN where empty), e.g. a simulated scan's or
+    one extracted from a bag; ``.npy`` images keep their own width."""
+    if str(path).endswith(".npy"):
+        img = np.load(str(path)).astype(np.float32)
+        if img.ndim != 2:
+            raise ValueError(f"{path}: expected an (H, W) range image, got shape {img.shape}")
+        return img
+    return load_scan_image(path, width)
+
+
 @dataclass
 class Task:
     """One training example: kept rows (K, W) and targets (T, K-1, W) at fractions t."""
@@ -63,18 +82,30 @@ class Task:
     spacing: float = 1.0  # kept-row gap in units of the 16-beam scan's
 
 
+def self_tasks(img: np.ndarray, strides: tuple[int, ...] = (2, 4)) -> list[Task]:
+    """Self-supervision on a sensor-resolution (K, W) image: every phase of keeping every
+    s-th row; the dropped rows are the targets (spacing s)."""
+    tasks = []
+    for s in strides:
+        for p in range(s):
+            k = (len(img) - 1 - p) // s + 1
+            if k < 2:
+                continue
+            kept = img[p::s][:k]
+            target = np.stack([img[p + j:p + (k - 1) * s:s] for j in range(1, s)])
+            tasks.append(Task(kept, target, np.arange(1, s) / s, float(s)))
+    return tasks
+
+
 def make_tasks(image64: np.ndarray, mode: str = "self16",
                strides: tuple[int, ...] = (2, 4)) -> list[Task]:
-    """Every (stride, phase) task of one scan's 64-row image (see the module doc)."""
+    """Every (stride, phase) task of one scan's image (see the module doc): ``self16``
+    and ``full64`` take a 64-row image, ``self`` the sensor's own image."""
     tasks = []
     if mode == "self16":
-        img = image64[::KEEP_EVERY]  # the 16-beam input, rows 0, 4, ..., 60
-        for s in strides:
-            for p in range(s):
-                k = (len(img) - 1 - p) // s + 1
-                kept = img[p::s][:k]
-                target = np.stack([img[p + j:p + (k - 1) * s:s] for j in range(1, s)])
-                tasks.append(Task(kept, target, np.arange(1, s) / s, float(s)))
+        tasks = self_tasks(image64[::KEEP_EVERY], strides)  # 16-beam input: rows 0, 4, ..
+    elif mode == "self":
+        tasks = self_tasks(image64, strides)
     elif mode == "full64":
         for p in range(KEEP_EVERY):
             kept = image64[p::KEEP_EVERY]
@@ -83,7 +114,7 @@ def make_tasks(image64: np.ndarray, mode: str = "self16",
                                for j in range(1, KEEP_EVERY)])
             tasks.append(Task(kept, target, np.arange(1, KEEP_EVERY) / KEEP_EVERY))
     else:
-        raise ValueError(f"mode must be 'self16' or 'full64', got {mode!r}")
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     return tasks
 
 
@@ -95,8 +126,9 @@ def trust_target(pred: torch.Tensor, truth: torch.Tensor, *, abs_tol: float = 0.
 
 @dataclass
 class TrainConfig:
-    scans: list[str] = field(default_factory=list)
+    scans: list[str] = field(default_factory=list)  # KITTI .bin or .npy range images
     mode: str = "self16"
+    init: str | None = None  # start from this checkpoint's weights (fine-tuning)
     steps: int = 3000
     batch: int = 8
     crop: int = 512
@@ -120,8 +152,9 @@ def _batch(tasks: list[Task], rng: np.random.Generator, batch: int, crop: int, w
     kept, target = [], []
     for _ in range(batch):
         task = pool[rng.integers(len(pool))]
-        c0 = rng.integers(width)
-        cols = (c0 + np.arange(crop)) % width
+        w = task.kept.shape[1]
+        c0 = rng.integers(w)
+        cols = (c0 + np.arange(crop)) % w
         k, tg = task.kept[:, cols], task.target[:, :, cols]
         if rng.random() < 0.5:
             k, tg = k[:, ::-1], tg[:, :, ::-1]
@@ -164,8 +197,14 @@ def train(cfg: TrainConfig, log=print) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tasks = []
     for scan in cfg.scans:
-        tasks += make_tasks(load_scan_image(scan, cfg.width), cfg.mode)
-    model = RangeInterpolator(RangeInterpolatorConfig(**cfg.model))
+        tasks += make_tasks(load_image(scan, cfg.width), cfg.mode)
+    if not tasks:
+        raise ValueError(f"no training tasks from {len(cfg.scans)} scan(s) in mode {cfg.mode}")
+    if cfg.init:
+        model, _ = load_range_interpolator(cfg.init)  # its own architecture
+        model.train()
+    else:
+        model = RangeInterpolator(RangeInterpolatorConfig(**cfg.model))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
@@ -181,7 +220,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
         log(f"resumed at step {step}")
     log(f"{len(tasks)} tasks from {len(cfg.scans)} scans, mode {cfg.mode}, "
         f"{count_parameters(model)} parameters")
-    meta = {"trained_on": [str(s) for s in cfg.scans], "mode": cfg.mode,
+    meta = {"trained_on": [str(s) for s in cfg.scans], "mode": cfg.mode, "init": cfg.init,
             "train_config": {k: v for k, v in cfg.__dict__.items() if k != "scans"}}
 
     def save():
