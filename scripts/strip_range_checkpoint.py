@@ -30,7 +30,8 @@ def main() -> int:
                             **keep)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        export_range_interpolator(model, a.out.rsplit(".", 1)[0] + ".onnx")
+        export_range_interpolator(model, a.out.rsplit(".", 1)[0] + ".onnx",
+                                  threshold=a.threshold)
     print(a.out, "step", ck.get("step"), "threshold", a.threshold)
     return 0
 

@@ -4,7 +4,7 @@ beams × 2048 columns -> 45 virtual rows), 1 thread, PyTorch and ONNX Runtime, a
 their parity.
 
     OMP_NUM_THREADS=1 python scripts/time_range_interpolator.py \
-        prototypes/range_interp_x4_self16 [SCAN.bin]
+        models/sspu_lidar_x4 [SCAN.bin]
 
 (``BASE.pt`` and ``BASE.onnx`` from scripts/strip_range_checkpoint.py.)
 """

@@ -266,10 +266,11 @@ def test_spacing_normalization_makes_a_stretched_surface_look_the_same():
     torch.testing.assert_close(g1, g2, atol=2e-3, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["range_interp_x4_self16"])
-def test_prototype_checkpoint_loads_and_its_onnx_matches(name):
+@pytest.mark.parametrize("folder,name", [("models", "sspu_lidar_x4"),
+                                         ("prototypes", "range_interp_x4_full64_supervised")])
+def test_shipped_checkpoint_loads_and_its_onnx_matches(folder, name):
     ort = pytest.importorskip("onnxruntime")
-    base = Path(__file__).resolve().parents[1] / "prototypes" / name
+    base = Path(__file__).resolve().parents[1] / folder / name
     if not base.with_suffix(".pt").is_file():
         pytest.skip(f"{base}.pt not present")
     net = LearnedBeamInterpolator.from_checkpoint(base.with_suffix(".pt"))

@@ -217,11 +217,17 @@ class _Deployed(nn.Module):
         return self.model(rng, valid, t)
 
 
+#: ONNX metadata key that marks a range-interpolator export (value: :data:`FORMAT`).
+ONNX_KIND_KEY = "sspu.kind"
+
+
 def export_range_interpolator(model: RangeInterpolator, path, *, rows: int = 16,
-                              width: int = 2048, ratio: int = 4, opset: int = 17) -> None:
+                              width: int = 2048, ratio: int = 4, opset: int = 17,
+                              threshold: float = 0.5) -> None:
     """Export to ONNX with inputs ``range`` (1, K, W) float32, ``valid`` (1, K, W) float32,
     ``t`` (r-1,) float32; outputs ``range``, ``return_logit``, ``trust_logit`` (1, r-1,
-    K-1, W). Width is a dynamic axis."""
+    K-1, W). Width is a dynamic axis. Metadata: ``sspu.kind`` (:data:`FORMAT`),
+    ``sspu.ratio``, ``sspu.threshold`` (the emit threshold), ``sspu.config`` (JSON)."""
     model = _Deployed(model.eval())  # spacing fixed to 1 (a constant, not an input)
     rng = torch.rand(1, rows, width) * 30 + 2
     valid = torch.ones(1, rows, width)
@@ -233,6 +239,17 @@ def export_range_interpolator(model: RangeInterpolator, path, *, rows: int = 16,
                                     "range_out": {3: "W"}, "return_logit": {3: "W"},
                                     "trust_logit": {3: "W"}},
                       dynamo=False)
+    import json
+
+    import onnx
+
+    proto = onnx.load(str(path))
+    for key, value in ((ONNX_KIND_KEY, FORMAT), ("sspu.ratio", str(ratio)),
+                       ("sspu.threshold", repr(float(threshold))),
+                       ("sspu.config", json.dumps(model.model.config.to_dict()))):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
 
 
 def count_parameters(model: nn.Module) -> int:
