@@ -26,7 +26,7 @@ from sspu_ros.model.range_interpolator import (
     load_range_interpolator,
     save_range_interpolator,
 )
-from sspu_ros.runtime.range_interpolation import LearnedBeamInterpolator
+from sspu_ros.runtime.range_interpolation import LearnedBeamInterpolator, OrtBeamInterpolator
 from sspu_ros.training.range_interpolation import (
     TrainConfig,
     load_image,
@@ -125,21 +125,35 @@ def test_network_shapes_bounds_and_masking():
 
 
 @pytest.mark.parametrize("smooth_gate,normalize", [(0.0, False), (0.05, True)])
-def test_onnx_export_matches_torch(tmp_path, smooth_gate, normalize):
-    ort = pytest.importorskip("onnxruntime")
+def test_onnx_export_on_pixel_windows_matches_torch_on_the_image(tmp_path, smooth_gate,
+                                                                   normalize):
+    pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     model = _model(smooth_gate=smooth_gate, normalize_spacing=normalize)
     path = tmp_path / "ri.onnx"
-    export_range_interpolator(model, path, rows=6, width=64, ratio=4)
-    rng = (torch.rand(1, 6, 96) * 30 + 2)
-    valid = (torch.rand(1, 6, 96) > 0.1).float()
+    export_range_interpolator(model, path, pixels=64, ratio=4, threshold=0.3)
+    rng = np.random.default_rng(1).uniform(2, 32, (6, 96)).astype(np.float32)
+    rng[np.random.default_rng(2).random((6, 96)) < 0.1] = np.nan
     t = torch.tensor([0.25, 0.5, 0.75])
-    with torch.no_grad():
-        ref = model(rng, valid, t)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"range": rng.numpy(), "valid": valid.numpy(), "t": t.numpy()})
-    for a, b in zip(ref, got, strict=True):
-        np.testing.assert_allclose(a.numpy(), b, rtol=1e-4, atol=1e-3)
+    valid = np.isfinite(rng)
+    with torch.no_grad():  # the image path: the network's own window gather
+        ref = model(torch.from_numpy(np.nan_to_num(rng))[None],
+                    torch.from_numpy(valid).float()[None], t)
+    net = OrtBeamInterpolator(path)
+    assert net.threshold == 0.3 and net.ratio == 4 and net.half_width == 2
+    pred, prob = net.predict(rng)  # every gap pixel through the numpy gather + ONNX
+    np.testing.assert_allclose(pred, ref[0][0].numpy(), rtol=1e-4, atol=1e-4)
+    want = torch.sigmoid(ref[1][0]) * torch.sigmoid(ref[2][0])
+    np.testing.assert_allclose(prob, want.numpy(), rtol=1e-4, atol=1e-5)
+    # a few pixels only: the same values as in the whole image
+    gap, col = np.array([0, 4, 2]), np.array([95, 0, 40])
+    p_pred, p_prob = net.predict_pixels(rng, gap, col)
+    np.testing.assert_allclose(p_pred, pred[:, gap, col], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(p_prob, prob[:, gap, col], rtol=1e-5, atol=1e-6)
+    # the PyTorch interpolator's pixel path agrees too
+    torch_net = LearnedBeamInterpolator(model)
+    t_pred, _ = torch_net.predict_pixels(rng, gap, col)
+    np.testing.assert_allclose(t_pred, pred[:, gap, col], rtol=1e-4, atol=1e-4)
 
 
 def test_checkpoint_roundtrip_and_bad_file(tmp_path):
@@ -269,7 +283,7 @@ def test_spacing_normalization_makes_a_stretched_surface_look_the_same():
 @pytest.mark.parametrize("folder,name", [("models", "sspu_lidar_x4"),
                                          ("prototypes", "range_interp_x4_full64_supervised")])
 def test_shipped_checkpoint_loads_and_its_onnx_matches(folder, name):
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     base = Path(__file__).resolve().parents[1] / folder / name
     if not base.with_suffix(".pt").is_file():
         pytest.skip(f"{base}.pt not present")
@@ -279,13 +293,11 @@ def test_shipped_checkpoint_loads_and_its_onnx_matches(folder, name):
     rng[2, 10:20] = np.nan
     pred, prob = net.predict(rng, 4)
     assert pred.shape == prob.shape == (3, 15, 128)
-    sess = ort.InferenceSession(str(base.with_suffix(".onnx")),
-                                providers=["CPUExecutionProvider"])
-    valid = np.isfinite(rng)
-    out = sess.run(None, {"range": np.where(valid, rng, 0)[None],
-                          "valid": valid.astype(np.float32)[None],
-                          "t": np.array([0.25, 0.5, 0.75], np.float32)})
-    np.testing.assert_allclose(out[0][0], pred, atol=1e-3, rtol=1e-4)
+    ort_net = OrtBeamInterpolator(base.with_suffix(".onnx"))
+    assert ort_net.threshold == net.threshold
+    o_pred, o_prob = ort_net.predict(rng)
+    np.testing.assert_allclose(o_pred, pred, atol=1e-3, rtol=1e-4)
+    np.testing.assert_allclose(o_prob, prob, atol=1e-4)
 
 
 def test_bridge_veto_flags_points_on_neither_surface_of_an_edge():

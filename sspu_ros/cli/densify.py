@@ -10,6 +10,7 @@ import numpy as np
 
 def cmd_densify(args: argparse.Namespace) -> int:
     from ..config import load_config
+    from ..densify.beams import ScanHints
     from ..densify.densifier import densify_points
     from ..errors import UsageError
     from ..io.cloud_files import read_cloud, write_cloud
@@ -28,7 +29,8 @@ def cmd_densify(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     upsampler = load_upsampler(cfg["model"], cfg["ratio"], config=cfg)
     t1 = time.perf_counter()
-    r = densify_points(cloud.xyz, upsampler, cfg)
+    r = densify_points(cloud.xyz, upsampler, cfg,
+                       hints=ScanHints.from_attributes(cloud.attributes))
     t2 = time.perf_counter()
     xyz = np.concatenate([cloud.xyz, r.generated])
     generated = np.zeros(xyz.shape[0], dtype=np.uint8)
@@ -46,11 +48,25 @@ def cmd_densify(args: argparse.Namespace) -> int:
     tm = r.timings_ms
     print(f"{args.scan}: {len(cloud)} points, mode {cfg['mode']}, model "
           f"{upsampler.name} x{upsampler.ratio}")
-    print(f"  cropped out {r.n_cropped_out}, capped {r.n_capped}, ground {r.n_ground}; "
-          f"{r.n_clusters} clusters, {r.n_candidates} eligible, {r.n_groups} densified "
-          f"({r.n_groups_capped} left out by patches.max_per_scan) in {r.n_patches} patches")
-    print(f"  densified {r.n_selected} points -> {len(r.generated)} generated "
-          f"({r.n_outliers} outliers dropped) -> {args.output} ({xyz.shape[0]} points)")
+    if r.fallback:
+        fb = getattr(upsampler, "fallback", None)
+        print(f"  no beam structure ({r.fallback}); densified with point patches "
+              f"({fb.name if fb is not None else 'none'}) instead")
+    if r.path == "beams":
+        print(f"  beams from {r.structure}; cropped out {r.n_cropped_out}, capped "
+              f"{r.n_capped}, ground {r.n_ground}; {r.n_groups} object clusters"
+              if cfg["mode"] == "objects" else
+              f"  beams from {r.structure}; cropped out {r.n_cropped_out}, capped {r.n_capped}")
+        print(f"  densified {r.n_selected} points -> {len(r.generated)} generated on "
+              f"{upsampler.ratio - 1} virtual beams per gap ({r.n_outliers} vetoed as "
+              f"bridges) -> {args.output} ({xyz.shape[0]} points)")
+    else:
+        print(f"  cropped out {r.n_cropped_out}, capped {r.n_capped}, ground {r.n_ground}; "
+              f"{r.n_clusters} clusters, {r.n_candidates} eligible, {r.n_groups} densified "
+              f"({r.n_groups_capped} left out by patches.max_per_scan) in {r.n_patches} "
+              "patches")
+        print(f"  densified {r.n_selected} points -> {len(r.generated)} generated "
+              f"({r.n_outliers} outliers dropped) -> {args.output} ({xyz.shape[0]} points)")
     print(f"  time: load {1e3 * (t1 - t0):.0f} ms; densify {1e3 * (t2 - t1):.1f} ms "
           f"(preprocess {tm.get('preprocess', 0):.1f}, inference {tm.get('inference', 0):.1f}, "
           f"postprocess {tm.get('postprocess', 0):.1f})")

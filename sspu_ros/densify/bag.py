@@ -41,11 +41,12 @@ def densify_message(msg, upsampler, params, *, store=None):
         (message, DensifyResult).
     """
     from ..io.pointcloud2_message import to_pointcloud2
+    from .beams import ScanHints
     from .densifier import densify_points
 
     store = store or typestore()
     cloud = decode(msg)
-    result = densify_points(cloud.xyz, upsampler, params)
+    result = densify_points(cloud.xyz, upsampler, params, hints=ScanHints.from_decoded(cloud))
     encoded = encode_densified(cloud, result.generated, neighbors=result.sources)
     out = to_pointcloud2(encoded, header_for(store, msg.header), store.types[POINTCLOUD2],
                          store.types["sensor_msgs/msg/PointField"])

@@ -51,7 +51,9 @@ import numpy as np
 
 from ..config import roi_boxes
 from ..geometry.knn_numpy import nearest_neighbors
+from ..geometry.scan_structure import ScanStructureError
 from ..runtime.upsampler import Upsampler
+from .beams import ScanHints, densify_beams, structure_of
 from .segmentation import cluster_boxes, cluster_points, ground_mask, plausible_objects
 
 MODES = ("objects", "roi", "full")
@@ -77,6 +79,9 @@ class DensifyResult:
     selected: np.ndarray = field(  # (n_selected,) int64 scan indices of densified points
         default_factory=lambda: np.zeros(0, np.int64))
     timings_ms: dict[str, float] = field(default_factory=dict)  # preprocess/inference/post
+    path: str = "patches"      # "beams": virtual beams from a beam interpolator
+    structure: str = ""        # beam path: where the scan's beams came from (ring field ...)
+    fallback: str = ""         # beam model, no beam structure: why (patch path used)
 
 
 def crop_mask(xyz: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
@@ -266,26 +271,9 @@ def _empty(n_cropped_out: int, n_capped: int, **counts) -> DensifyResult:
                          n_cropped_out, n_capped, **counts)
 
 
-def densify_points(xyz: np.ndarray, upsampler: Upsampler,
-                   params: Mapping[str, Any]) -> DensifyResult:
-    """Densify the objects (or ROI / all non-ground points) of one scan.
-
-    Args:
-        xyz: (N, 3) float32 finite points of one scan, sensor frame (z up).
-        upsampler: any :class:`~sspu_ros.runtime.upsampler.Upsampler`; called once per scan.
-        params: validated parameters (``mode``, ``crop.*``, ``max_points``, ``ground.*``,
-            ``cluster.*``, ``roi.boxes``, ``patches.*``, ``outliers.*``).
-
-    Returns:
-        the generated points (the input points themselves are not repeated) and, for each,
-        the indices (into ``xyz``) of its source point and the source's neighbours; counts
-        of every stage and the stage times.
-    """
-    t0 = time.perf_counter()
-    mode = params["mode"]
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    pts = np.asarray(xyz, dtype=np.float32)
+def _region(pts: np.ndarray, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Crop, cap and ground removal (steps 1-2): ``inside`` (cropped, capped scan indices),
+    ``cand`` (those that are not ground), ``plane``, ``n_out``, ``n_capped``, ``n_ground``."""
     inside = np.flatnonzero(crop_mask(pts, params))
     n_capped = 0
     cap = int(params["max_points"])
@@ -304,6 +292,41 @@ def densify_points(xyz: np.ndarray, upsampler: Upsampler,
             max_deviation=float(params["ground.max_deviation"]), return_plane=True)
         n_ground = int(ground.sum())
         cand = inside[~ground]
+    return {"inside": inside, "cand": cand, "plane": plane, "n_out": n_out,
+            "n_capped": n_capped, "n_ground": n_ground}
+
+
+def densify_points(xyz: np.ndarray, upsampler: Upsampler, params: Mapping[str, Any], *,
+                   hints: ScanHints | None = None) -> DensifyResult:
+    """Densify the objects (or ROI / all non-ground points) of one scan.
+
+    Args:
+        xyz: (N, 3) float32 finite points of one scan, sensor frame (z up), in the
+            driver's order.
+        upsampler: any :class:`~sspu_ros.runtime.upsampler.Upsampler`; called once per
+            scan. A beam interpolator (``kind == "beams"``) takes the LiDAR-native path
+            (:func:`_densify_beams`).
+        params: validated parameters (``mode``, ``crop.*``, ``max_points``, ``ground.*``,
+            ``cluster.*``, ``roi.boxes``, ``patches.*``, ``outliers.*``, ``lidar.*``).
+        hints: what the message says about the beams (ring field, organized height); the
+            beam path only.
+
+    Returns:
+        the generated points (the input points themselves are not repeated) and, for each,
+        the indices (into ``xyz``) of its source point and the source's neighbours; counts
+        of every stage and the stage times.
+    """
+    mode = params["mode"]
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if getattr(upsampler, "kind", "patches") == "beams":
+        return _densify_beams(xyz, upsampler, params, hints)
+    t0 = time.perf_counter()
+    pts = np.asarray(xyz, dtype=np.float32)
+    reg = _region(pts, params)
+    n_out, n_capped, n_ground, plane = (reg["n_out"], reg["n_capped"], reg["n_ground"],
+                                        reg["plane"])
+    cand = reg["cand"]
     if mode == "roi" and cand.size:
         cand = cand[roi_mask(pts[cand], roi_boxes(params["roi.boxes"]))]
     if cand.size == 0:
@@ -341,6 +364,56 @@ def densify_points(xyz: np.ndarray, upsampler: Upsampler,
     t3 = time.perf_counter()
     result.timings_ms = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
                          "postprocess": (t3 - t2) * 1e3}
+    return result
+
+
+def _densify_beams(xyz: np.ndarray, interp, params: Mapping[str, Any],
+                   hints: ScanHints | None) -> DensifyResult:
+    """The LiDAR-native path (:mod:`sspu_ros.densify.beams`). Selection by ``mode``:
+    ``objects``: the points of the object clusters (as the patch path picks them);
+    ``roi``: every cropped point inside ``roi.boxes`` (ground included: a denser sensor
+    sees the ground there too); ``full``: every cropped point. A scan without a
+    recoverable beam structure goes to ``interp.fallback`` (point patches) with the
+    reason in ``result.fallback``."""
+    t0 = time.perf_counter()
+    pts = np.asarray(xyz, dtype=np.float32)
+    try:
+        structure = structure_of(pts, hints, params)
+    except ScanStructureError as e:
+        reason = str(e)
+        fb = getattr(interp, "fallback", None)
+        result = (densify_points(pts, fb, params) if fb is not None
+                  else _empty(0, 0))
+        result.fallback = reason
+        return result
+    reg = _region(pts, params)
+    mode = params["mode"]
+    counts_kw: dict[str, int] = dict(n_ground=reg["n_ground"])
+    if mode == "objects":
+        cand = reg["cand"]
+        sel = np.zeros(0, np.int64)
+        if cand.size:
+            k, order, start, counts, groups = _select_groups(pts[cand], params, reg["plane"])
+            cluster_of = np.repeat(np.arange(k), counts)  # cluster of each entry of order
+            sel = np.sort(cand[order[np.isin(cluster_of, groups)]])
+            counts_kw.update(n_clusters=k, n_candidates=int(groups.size),
+                             n_groups=int(groups.size))
+    elif mode == "roi":
+        inside = reg["inside"]
+        sel = inside[roi_mask(pts[inside], roi_boxes(params["roi.boxes"]))]
+    else:
+        sel = reg["inside"]
+    t1 = time.perf_counter()
+    generated, sources, n_veto = densify_beams(
+        pts, structure, interp, sel, threshold=float(params.get("lidar.threshold", 0)) or None,
+        veto_bridges=params.get("lidar.veto_bridges"))
+    t2 = time.perf_counter()
+    result = DensifyResult(generated, sources, int(sel.size), reg["n_out"], reg["n_capped"],
+                           n_outliers=n_veto, selected=sel, path="beams", **counts_kw)
+    result.structure = structure.source
+    # the network is most of densify_beams; the image, emit and cone maths are small
+    result.timings_ms = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
+                         "postprocess": 0.0}
     return result
 
 

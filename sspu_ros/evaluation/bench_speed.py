@@ -102,13 +102,14 @@ def _stats(values_ms: list[float]) -> dict:
 
 
 def _one_scan(msg, upsampler, cfg) -> dict:
+    from ..densify.beams import ScanHints
     from ..densify.densifier import densify_points
 
     c0 = time.process_time()
     t0 = time.perf_counter()
     cloud = decode(msg)
     t1 = time.perf_counter()
-    result = densify_points(cloud.xyz, upsampler, cfg)
+    result = densify_points(cloud.xyz, upsampler, cfg, hints=ScanHints.from_decoded(cloud))
     t2 = time.perf_counter()
     encode_densified(cloud, result.generated, neighbors=result.sources)
     t3 = time.perf_counter()

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "bridge_mask",
+    "gather_pixel_windows",
     "gather_windows",
     "gap_rows",
     "virtual_azimuth",
@@ -128,3 +130,51 @@ def virtual_azimuth(azimuth: np.ndarray, t: np.ndarray, width: int) -> np.ndarra
     out = np.where(np.isfinite(both), both, np.where(np.isfinite(aa), aa,
                                                      np.where(np.isfinite(ab), ab, centre)))
     return np.broadcast_to(out, centre.shape).copy()
+
+
+def gather_pixel_windows(ranges: np.ndarray, gap: np.ndarray, col: np.ndarray, *,
+                         rows_each_side: int = 2, half_width: int = 2
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`gather_windows` for a list of gap pixels only (numpy, vectorized).
+
+    Args:
+        ranges: (K, W) kept ranges, NaN where empty.
+        gap: (P,) gap index u of each pixel (between kept rows u and u+1); col: (P,) column.
+
+    Returns:
+        ranges (R·C, P) float32 (0 where empty or beyond the image) and valid (R·C, P)
+        float32, in the channel order of :func:`gather_windows`.
+    """
+    k, w = ranges.shape
+    gap = np.asarray(gap, dtype=np.int64)
+    col = np.asarray(col, dtype=np.int64)
+    drow = np.arange(2 * rows_each_side) - rows_each_side + 1  # (R,)
+    dcol = np.arange(-half_width, half_width + 1)  # (C,)
+    rows = gap[None, None, :] + drow[:, None, None]  # (R, 1, P)
+    cols = np.mod(col[None, None, :] + dcol[None, :, None], w)  # (1, C, P)
+    inside = (rows >= 0) & (rows < k)
+    vals = ranges[np.clip(rows, 0, k - 1), cols]  # (R, C, P)
+    ok = inside & np.isfinite(vals)
+    n = len(drow) * len(dcol)
+    return (np.where(ok, vals, 0.0).astype(np.float32).reshape(n, -1),
+            ok.astype(np.float32).reshape(n, -1))
+
+
+def bridge_mask(neighbours: np.ndarray, pred: np.ndarray, *, min_jump: float = 1.0,
+                rel_jump: float = 0.1, abs_tol: float = 0.3, rel_tol: float = 0.03
+                ) -> np.ndarray:
+    """Virtual pixels that bridge a depth discontinuity: their neighbours' ranges (NaN
+    where empty) spread over ``max(min_jump, rel_jump · nearest)`` (an edge, the linear
+    baseline's rule) and the predicted range is within ``max(abs_tol, rel_tol · pred)`` of
+    none of them (on neither surface: a ghost).
+
+    Args:
+        neighbours: (S, ...) neighbour ranges of each pixel (S of them, e.g. the kept
+            pixels above and below in columns c-1..c+1); pred: (...) predicted ranges.
+    """
+    with np.errstate(invalid="ignore"):
+        near, far = np.fmin.reduce(neighbours, axis=0), np.fmax.reduce(neighbours, axis=0)
+        edge = (far - near) > np.maximum(min_jump, rel_jump * near)
+        tol = np.maximum(abs_tol, rel_tol * pred)
+        on_surface = (np.abs(neighbours - pred[None]) <= tol[None]).any(axis=0)
+    return edge & ~on_surface

@@ -110,6 +110,14 @@ class RangeInterpolator(nn.Module):
         cfg = self.config
         wr, wv = gather_windows(rng, valid, rows_each_side=cfg.rows_each_side,
                                 half_width=cfg.half_width)
+        return self.window_features(wr, wv, spacing)
+
+    def window_features(self, wr: torch.Tensor, wv: torch.Tensor, spacing: float = 1.0
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`features`, from already gathered windows (B, N, G, W): ranges (0
+        where not valid) and validity, in the channel order of
+        :func:`~sspu_ros.geometry.range_window.gather_windows`."""
+        cfg = self.config
         big = torch.full_like(wr, 1e6)
         ref = torch.where(wv > 0, wr, big).amin(dim=1, keepdim=True)
         any_valid = (wv.amax(dim=1, keepdim=True) > 0).to(wr.dtype)
@@ -141,7 +149,17 @@ class RangeInterpolator(nn.Module):
         Returns:
             range (B, T, K-1, W) metres, return logit and trust logit (B, T, K-1, W).
         """
-        feats, wr, wv, ref = self.features(rng, valid.to(rng.dtype), spacing)
+        cfg = self.config
+        wr, wv = gather_windows(rng, valid.to(rng.dtype), rows_each_side=cfg.rows_each_side,
+                                half_width=cfg.half_width)
+        return self.forward_windows(wr, wv, t, spacing)
+
+    def forward_windows(self, wr: torch.Tensor, wv: torch.Tensor, t: torch.Tensor,
+                        spacing: float = 1.0
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` from gathered windows (B, N, G, W) (any G x W layout of gap
+        pixels: every output depends on its own window only): (B, T, G, W) each."""
+        feats, wr, wv, ref = self.window_features(wr, wv, spacing)
         b, _, g, w = feats.shape
         n_t = t.shape[0]
         h0 = self.first(feats)  # (B, H, G, W), shared by all t
@@ -207,37 +225,44 @@ class RangeInterpolator(nn.Module):
 
 
 class _Deployed(nn.Module):
-    """The interpolator at the deployed beam spacing (spacing = 1)."""
+    """The interpolator at the deployed beam spacing (spacing = 1), on gathered windows."""
 
     def __init__(self, model: RangeInterpolator) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, rng: torch.Tensor, valid: torch.Tensor, t: torch.Tensor):
-        return self.model(rng, valid, t)
+    def forward(self, window_range: torch.Tensor, window_valid: torch.Tensor, t: torch.Tensor):
+        return self.model.forward_windows(window_range, window_valid, t)
 
 
 #: ONNX metadata key that marks a range-interpolator export (value: :data:`FORMAT`).
 ONNX_KIND_KEY = "sspu.kind"
 
 
-def export_range_interpolator(model: RangeInterpolator, path, *, rows: int = 16,
-                              width: int = 2048, ratio: int = 4, opset: int = 17,
+def export_range_interpolator(model: RangeInterpolator, path, *, pixels: int = 4096,
+                              ratio: int = 4, opset: int = 17,
                               threshold: float = 0.5) -> None:
-    """Export to ONNX with inputs ``range`` (1, K, W) float32, ``valid`` (1, K, W) float32,
-    ``t`` (r-1,) float32; outputs ``range``, ``return_logit``, ``trust_logit`` (1, r-1,
-    K-1, W). Width is a dynamic axis. Metadata: ``sspu.kind`` (:data:`FORMAT`),
-    ``sspu.ratio``, ``sspu.threshold`` (the emit threshold), ``sspu.config`` (JSON)."""
+    """Export to ONNX on gathered windows (the gather is numpy,
+    :func:`~sspu_ros.geometry.range_window.gather_pixel_windows`, so the graph is 1x1
+    convolutions and elementwise maths only: TensorRT-friendly, one dynamic axis).
+
+    Inputs ``window_range`` and ``window_valid`` (1, N, 1, P) float32 (N = window pixels,
+    P = gap pixels, dynamic), ``t`` (r-1,) float32; outputs ``range_out``,
+    ``return_logit``, ``trust_logit`` (1, r-1, 1, P). Metadata: ``sspu.kind``
+    (:data:`FORMAT`), ``sspu.ratio``, ``sspu.threshold`` (the emit threshold),
+    ``sspu.config`` (JSON: window size ...)."""
     model = _Deployed(model.eval())  # spacing fixed to 1 (a constant, not an input)
-    rng = torch.rand(1, rows, width) * 30 + 2
-    valid = torch.ones(1, rows, width)
+    n = model.model.n_neighbors
+    wr = torch.rand(1, n, 1, pixels) * 30 + 2
+    wv = (torch.rand(1, n, 1, pixels) > 0.1).float()
     t = torch.arange(1, ratio, dtype=torch.float32) / ratio
-    torch.onnx.export(model, (rng, valid, t), str(path), opset_version=opset,
-                      input_names=["range", "valid", "t"],
+    pix = {3: "P"}
+    torch.onnx.export(model, (wr * wv, wv, t), str(path), opset_version=opset,
+                      input_names=["window_range", "window_valid", "t"],
                       output_names=["range_out", "return_logit", "trust_logit"],
-                      dynamic_axes={"range": {2: "W"}, "valid": {2: "W"},
-                                    "range_out": {3: "W"}, "return_logit": {3: "W"},
-                                    "trust_logit": {3: "W"}},
+                      dynamic_axes={"window_range": pix, "window_valid": pix,
+                                    "range_out": pix, "return_logit": pix,
+                                    "trust_logit": pix},
                       dynamo=False)
     import json
 

@@ -197,7 +197,7 @@ def _run_core(sample: Path, out_bag: Path, cfg) -> dict:
     from ..io.bags import typestore
     from ..runtime.loading import load_upsampler
 
-    upsampler = load_upsampler(cfg["model"], cfg["ratio"])
+    upsampler = load_upsampler(cfg["model"], cfg["ratio"], config=cfg)
     store = typestore()
     float64 = store.types[FLOAT64]
     with BagWriter(out_bag, storage="mcap") as writer:
@@ -279,7 +279,8 @@ def _best_object(scan, dense_xyz: np.ndarray, generated: np.ndarray):
 
 def write_figure(path: Path, scan, dense_xyz: np.ndarray, generated: np.ndarray,
                  summary: dict) -> dict:
-    """Bird's-eye view before/after and a close-up of one object (matplotlib Agg)."""
+    """Bird's-eye view before/after and a side view of the object that gained the most
+    points, before/after (matplotlib Agg)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -312,19 +313,26 @@ def write_figure(path: Path, scan, dense_xyz: np.ndarray, generated: np.ndarray,
         info.update(object_centre=[round(float(c), 2) for c in centre],
                     object_points_before=int((near & ~generated).sum()),
                     object_points_after=int(near.sum()))
+        # side view, as the sensor sees the object: across = along the azimuth tangent,
+        # up = z; the real beams are the rows of blue points, generated points between
+        az = np.arctan2(centre[1], centre[0])
+        tangent = np.array([-np.sin(az), np.cos(az)])
         for k, (title, mask) in enumerate((
-                (f"close-up, object {oid}: {info['object_points_before']} points",
-                 near & ~generated),
-                (f"close-up densified: {info['object_points_after']} points",
-                 near))):
-            ax = fig.add_subplot(2, 2, 3 + k, projection="3d")
+                (f"side view, object {oid}: {info['object_points_before']} points "
+                 f"on {scan.elevations_deg.size} beams", near & ~generated),
+                (f"side view densified: {info['object_points_after']} points "
+                 "(orange: between the beams)", near))):
+            ax = fig.add_subplot(2, 2, 3 + k)
             pts = dense_xyz[mask]
-            colors = np.where(generated[mask], "#e67e22", "#1f4e79")
-            ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], c=colors, s=2, linewidths=0)
-            ax.set_xlim(centre[0] - half, centre[0] + half)
-            ax.set_ylim(centre[1] - half, centre[1] + half)
-            ax.set_zlim(centre[2] - half, centre[2] + half)
-            ax.view_init(elev=20, azim=200)
+            across = (pts[:, :2] - centre[:2]) @ tangent
+            gen = generated[mask]
+            ax.scatter(across[~gen], pts[~gen, 2], c="#1f4e79", s=5, linewidths=0)
+            if gen.any():
+                ax.scatter(across[gen], pts[gen, 2], c="#e67e22", s=5, linewidths=0)
+            ax.set_xlim(-half, half)
+            ax.set_aspect("equal", adjustable="datalim")
+            ax.set_xlabel("across the line of sight [m]")
+            ax.set_ylabel("z [m]")
             ax.set_title(title, fontsize=10)
     e2e = summary.get("end_to_end_ms") or summary.get("node_total_ms") or {}
     fig.suptitle(f"sspu demo ({summary['mode']}): {summary['scans_densified']}/"

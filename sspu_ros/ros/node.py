@@ -39,6 +39,7 @@ from ..config import (
     validate_parameter,
     validate_parameters,
 )
+from ..densify.beams import ScanHints
 from ..densify.densifier import densify_points
 from ..errors import ConfigError, ModelError, PointCloudFormatError
 from ..io.pointcloud2 import decode, encode_densified
@@ -157,6 +158,7 @@ def create_node(**node_kwargs: Any):
             self.lock = threading.Lock()
             self.stats = ScanStatistics(p["expected_rate_hz"])
             self._latest = None  # the newest received scan not yet taken for processing
+            self.n_fallback = 0  # beam model: scans densified by the patch fallback
             self.add_on_set_parameters_callback(self._on_set_parameters)
             self.input_group = MutuallyExclusiveCallbackGroup()
             self.processing_group = MutuallyExclusiveCallbackGroup()
@@ -317,8 +319,11 @@ def create_node(**node_kwargs: Any):
                                           throttle_duration_sec=WARN_THROTTLE_S)
                 return
             t1 = time.perf_counter()
-            result = densify_points(cloud.xyz, self.upsampler, params)
+            result = densify_points(cloud.xyz, self.upsampler, params,
+                                    hints=ScanHints.from_decoded(cloud))
             t2 = time.perf_counter()
+            if result.fallback:
+                self._on_fallback(result.fallback)
             encoded = encode_densified(cloud, result.generated, neighbors=result.sources)
             self.pub.publish(to_pointcloud2(encoded, msg.header, PointCloud2, PointField))
             t3 = time.perf_counter()
@@ -340,6 +345,24 @@ def create_node(**node_kwargs: Any):
                 f"{cloud.xyz.shape[0]} points (+{result.generated.shape[0]} generated) in "
                 f"{(t3 - t0) * 1e3:.1f} ms")
 
+        def _on_fallback(self, reason: str) -> None:
+            """A scan without a beam structure went to the patch fallback: said once in
+            full, then at most every WARN_THROTTLE_S with the running count."""
+            with self.lock:
+                self.n_fallback += 1
+                first, n = self.n_fallback == 1, self.n_fallback
+            fb = getattr(self.upsampler, "fallback", None)
+            how = (f"densified with point patches ('{fb.name}', lidar.fallback_model)"
+                   if fb is not None else "passed through (lidar.fallback_model: none)")
+            if first:
+                self.get_logger().warning(
+                    f"no beam structure in the scan ({reason}); {how}. Set lidar.sensor to "
+                    "the sensor's preset, or publish the driver's ring field")
+            else:
+                self.get_logger().warning(
+                    f"{n} scans without a beam structure so far; {how}",
+                    throttle_duration_sec=WARN_THROTTLE_S)
+
         def _publish_debug(self, values: dict[str, float]) -> None:
             for name, value in values.items():
                 self.debug[name].publish(Float64(data=float(value)))
@@ -347,6 +370,8 @@ def create_node(**node_kwargs: Any):
         def _publish_diagnostics(self) -> None:
             try:
                 extra = [("model", str(self.upsampler.name)),
+                         ("scans densified by the patch fallback (no beam structure)",
+                          str(self.n_fallback)),
                          ("ratio", str(self.upsampler.ratio)),
                          ("input topic", self.sub.topic_name),
                          ("output subscribers", str(self.pub.get_subscription_count()))]

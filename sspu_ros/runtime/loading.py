@@ -139,6 +139,56 @@ def choose_backend(requested: str, files: ModelFiles, avail: Availability) -> tu
 # --------------------------------------------------------------------------- export cache
 
 
+# --------------------------------------------------------------------------- beam models
+
+
+def is_beam_model(files: ModelFiles) -> bool:
+    """A LiDAR range-image interpolator (``sspu_lidar_x4``), not a patch generator."""
+    from .range_interpolation import is_range_checkpoint, is_range_onnx
+
+    return bool((files.onnx and is_range_onnx(files.onnx))
+                or (files.pt and is_range_checkpoint(files.pt)))
+
+
+def _load_beam_model(files: ModelFiles, ratio: int | None, backend: str, avail: Availability,
+                     *, device: str, providers, threads: int):
+    """A range-image beam interpolator run by ONNX Runtime or PyTorch.
+
+    ``auto``: ONNX Runtime (CUDA provider first where present) when the .onnx is shipped,
+    else PyTorch (CUDA when available). TensorRT: the export is TensorRT-friendly (fixed
+    slices, 1x1 convolutions, width a dynamic axis), but this backend builds engines for
+    the patch protocol only, so a beam model asked to run on ``tensorrt`` runs on ONNX
+    Runtime's CUDA provider instead (logged)."""
+    from .range_interpolation import LearnedBeamInterpolator, OrtBeamInterpolator
+
+    check_backend_name(backend)
+    if backend == "tensorrt":
+        log.warning("model %s is a beam interpolator: the tensorrt backend builds patch "
+                    "engines only; running it with ONNX Runtime (CUDA provider if present)",
+                    files.name)
+        backend = "onnxruntime"
+    use_ort = files.onnx is not None and avail.onnxruntime and backend in ("auto",
+                                                                           "onnxruntime")
+    if backend == "onnxruntime" and not use_ort:
+        raise ModelError(f"backend 'onnxruntime' for {files.name} needs onnxruntime and the "
+                         ".onnx export (pip install onnxruntime; sspu_lidar_x4 ships one)")
+    if backend == "torch" and files.pt is None:
+        raise ModelError(f"backend 'torch' runs .pt checkpoints; model '{files.name}' is "
+                         "ONNX only: use backend onnxruntime")
+    if use_ort:
+        up = OrtBeamInterpolator(files.onnx, ratio=ratio, name=files.name,
+                                 providers=providers or ("CUDAExecutionProvider",
+                                                         "CPUExecutionProvider"),
+                                 threads=threads)
+    else:
+        where = ("cuda" if avail.torch_cuda else "cpu") if device == "auto" else device
+        up = LearnedBeamInterpolator.from_checkpoint(files.pt, ratio=ratio, name=files.name,
+                                                     device=where)
+    log.info("model %s: beam interpolator, backend %s (%s, asked: %s)", files.name,
+             up.backend, up.device, backend)
+    return up
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -151,6 +201,9 @@ def load_model(model: str, ratio: int | None, backend: str = "auto", *,
     docstring). The chosen backend is logged and in the result's ``backend``."""
     files = find_model_files(model)
     avail = availability or probe_availability()
+    if is_beam_model(files):
+        return _load_beam_model(files, ratio, backend, avail, device=device,
+                                providers=providers, threads=threads)
     chosen, where = choose_backend(backend, files, avail)
     if chosen == "torch":
         up = TorchUpsampler(files.pt, ratio, device=where if device == "auto" else device,
@@ -179,7 +232,8 @@ def load_upsampler(model: str, ratio: int | None, backend: str | None = None, *,
     by ``backend``: "auto" (default), "torch", "onnxruntime" or "tensorrt".
 
     ``ratio`` None takes a trained model's own ratio (built-ins need a ratio). ``config``: a
-    flat parameter mapping (the node's or CLI's) supplying ``backend`` and the backend
+    flat parameter mapping (the node's or CLI's) supplying ``backend``,
+    ``lidar.fallback_model`` (a beam model's patch fallback, default midpoint) and the backend
     options (:func:`sspu_ros.runtime.loading.backend_options`); keyword ``options`` override it
     (device, compile, providers, threads, cache_dir, precision, max_patches). The result's
     ``backend`` attribute says which backend runs it; callers never branch on it."""
@@ -190,4 +244,15 @@ def load_upsampler(model: str, ratio: int | None, backend: str | None = None, *,
     if model == "midpoint":
         check_backend_name(backend)
         return MidpointUpsampler(ratio or 4)
-    return load_model(model, ratio, backend, **options)
+    up = load_model(model, ratio, backend, **options)
+    if getattr(up, "kind", "patches") == "beams":
+        fallback = (config or {}).get("lidar.fallback_model", "midpoint")
+        if fallback != "none":
+            if fallback == model:
+                raise ModelError(f"lidar.fallback_model must be a patch model, not {model}")
+            fb = load_upsampler(fallback, up.ratio, backend, config=config, **options)
+            if getattr(fb, "kind", "patches") == "beams":
+                raise ModelError(f"lidar.fallback_model {fallback} is a beam model; give a "
+                                 "patch model (midpoint, sspu_x4) or 'none'")
+            up.fallback = fb
+    return up
