@@ -103,6 +103,37 @@ def test_node_densifies_keeps_header_and_flags_generated_points(graph):
     assert times["pipeline_latency_ms"] > 1e9  # header stamp is t = 12 s, the clock is now
 
 
+def _sim_scan_with_rings():
+    from sspu_ros.simulation.lidar_sim import procedural_scene, simulate_scan
+
+    scan = simulate_scan(procedural_scene(1, n_objects=8, max_distance=20.0), beams=16,
+                         azimuth_step_deg=0.5, seed=0)
+    pts = np.zeros(len(scan), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
+                                     ("intensity", "<f4"), ("ring", "<u2")])
+    pts["x"], pts["y"], pts["z"] = scan.xyz.T
+    pts["intensity"], pts["ring"] = scan.intensity, scan.ring
+    return pts, scan
+
+
+def test_default_model_adds_virtual_beams_and_falls_back_without_beam_structure(graph):
+    node, send_and_wait, received = graph
+    assert node.params["model"] == "sspu_lidar_x4" and node.upsampler.kind == "beams"
+    pts, scan = _sim_scan_with_rings()
+    send_and_wait(_msg(pts), 1)
+    assert len(received) == 1 and node.n_fallback == 0
+    d = decode(received[0])
+    gen = d.xyz[len(pts):]
+    assert len(gen) > 100
+    # new points between the beams, not on them
+    elev = np.degrees(np.arctan2(gen[:, 2], np.hypot(gen[:, 0], gen[:, 1])))
+    gap = np.min(np.abs(elev[:, None] - scan.elevations_deg[None]), axis=1)
+    assert np.median(gap) > 0.3  # beams are 1.8 deg apart; virtual ones 0.45 deg off
+    # a cloud without beams (no ring field, not a scan): densified by the fallback
+    send_and_wait(_msg(_scan()), 2)
+    assert len(received) == 2 and node.n_fallback == 1
+    assert len(decode(received[1]).xyz) > 400
+
+
 def test_malformed_cloud_is_rejected_and_node_keeps_publishing(graph):
     node, send_and_wait, received = graph
     bad = _msg(_scan())
@@ -227,7 +258,7 @@ def test_processing_errors_are_counted_and_do_not_raise():
         node = create_node(context=ctx, parameter_overrides=[
             Parameter("process_without_subscribers", value=True)])
 
-        def boom(*args):
+        def boom(*args, **kwargs):
             raise RuntimeError("upsampler exploded")
 
         import sspu_ros.ros.node as node_module

@@ -25,6 +25,10 @@ def _upsample_file(src: str, dst: str, cfg, adapt: int = 0,
 
         checkpoint_of(cfg["model"])  # a .pt, or a ModelError before any work
     upsampler = load_upsampler(cfg["model"], cfg["ratio"], config=cfg)
+    if getattr(upsampler, "kind", "patches") == "beams":
+        raise UsageError(f"model {cfg['model']} adds virtual beams to LiDAR scans (use "
+                         "`sspu densify SCAN`); object clouds need a patch model: "
+                         "--model sspu_x4 or midpoint")
     cloud = read_cloud(src)
     xyz = _finite_points(cloud.xyz, src, cfg["ratio"])
     model_cfg = getattr(getattr(upsampler, "model", None), "cfg", None)
@@ -51,10 +55,11 @@ def _upsample_file(src: str, dst: str, cfg, adapt: int = 0,
 
 
 # `sspu upsample` (whole object clouds) defaults to the shipped object-surface model, which
-# beats the classical MLS + FPS resampling on the PU-GAN dev split (issue #11); the node's
-# default (the config's 'model') stays the CPU-real-time midpoint upsampler.
+# beats the classical MLS + FPS resampling on the PU-GAN dev split (issue #11); another
+# --ratio falls back to the midpoint upsampler. (The config's 'model', the node's default,
+# is the LiDAR beam interpolator sspu_lidar_x4, which needs scans, not object clouds.)
 UPSAMPLE_DEFAULT_MODEL = "sspu_x4"
-UPSAMPLE_DEFAULT_RATIO = 4  # its ratio: another --ratio falls back to the config's 'model'
+UPSAMPLE_DEFAULT_RATIO = 4  # its ratio
 
 
 def cmd_upsample(args: argparse.Namespace) -> int:
@@ -68,6 +73,8 @@ def cmd_upsample(args: argparse.Namespace) -> int:
             implicit = True
             if args.backend is None:  # PyTorch takes clouds smaller than the ONNX patch size
                 args.backend = "torch"
+    if args.model is None and args.config is None:
+        args.model = "midpoint"
     cfg = _load_config(args)
     r = _upsample_file(args.input, args.output, cfg, adapt=args.adapt,
                        implicit_model=implicit)

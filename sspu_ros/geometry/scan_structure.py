@@ -199,6 +199,15 @@ def _order_rows(pts: np.ndarray, beam: np.ndarray, usable: np.ndarray, source: s
         raise ScanStructureError(
             f"{source}: the beams are not thin elevation cones (median spread "
             f"{np.median(spread):.2f} deg > {max_spread_deg} deg)")
+    # distinct beams: adjacent elevations further apart than the beams are thick (a flat
+    # ground split into arbitrary "beams" fits a cone each, all at the same elevation)
+    gaps = -np.diff(cones.elevation_deg[order])
+    min_gap = max(0.05, 2.0 * float(np.median(spread)))
+    if len(gaps) and not gaps.min() > min_gap:
+        raise ScanStructureError(
+            f"{source}: beams {int(gaps.argmin())} and {int(gaps.argmin()) + 1} have the "
+            f"same elevation ({gaps.min():.3f} deg apart, need > {min_gap:.3f} deg): not "
+            "one beam per id")
     return ScanStructure(rows, cones.elevation_deg[order], spread, columns, source,
                          missing_beams=max(0, n_expected - len(present)),
                          z0=cones.z0[order])
