@@ -10,7 +10,7 @@
    output and debug topics are recorded to ``OUT/densified_recording``.
    **--no-ros** (or rclpy missing, said so): the core densifier runs on each scan in this
    process instead, written to the same output bag.
-3. **Report**: ``OUT/demo.png`` (bird's-eye view before/after and a close-up of the object
+3. **Report**: ``OUT/demo.png`` (bird's-eye view before/after and a side view of the object
    that gained the most points) and ``OUT/latency.json`` (end-to-end latency = receive time
    minus the input stamp, the node's own processing times, scans dropped), also printed.
 """
@@ -330,7 +330,9 @@ def write_figure(path: Path, scan, dense_xyz: np.ndarray, generated: np.ndarray,
             if gen.any():
                 ax.scatter(across[gen], pts[gen, 2], c="#e67e22", s=5, linewidths=0)
             ax.set_xlim(-half, half)
-            ax.set_aspect("equal", adjustable="datalim")
+            if len(pts):
+                ax.set_ylim(float(pts[:, 2].min()) - 0.3, float(pts[:, 2].max()) + 0.3)
+            ax.set_aspect("equal", adjustable="box")
             ax.set_xlabel("across the line of sight [m]")
             ax.set_ylabel("z [m]")
             ax.set_title(title, fontsize=10)
@@ -415,7 +417,7 @@ def run_demo(out: str | Path = "out/demo", *, frames: int = 20, beams: int = 16,
         _say(f"end-to-end latency (receive - input stamp): {_fmt(summary['end_to_end_ms'])}")
     _say(f"node processing total: {_fmt(summary['node_total_ms'])}")
     if fig.get("object_id") is not None:
-        _say(f"close-up object {fig['object_id']}: {fig['object_points_before']} -> "
+        _say(f"side view of object {fig['object_id']}: {fig['object_points_before']} -> "
              f"{fig['object_points_after']} points")
     _say(f"wrote {png or '(no PNG)'}, {out / 'latency.json'}, {dense_bag} "
          f"({summary['wall_seconds']} s)")
