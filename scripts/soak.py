@@ -15,7 +15,7 @@ node's CPU use. Progress goes to stderr every ``--progress-s``; ``--json PATH`` 
 stdout) writes the report with the RSS/CPU time series.
 
     PYTHONPATH=. .venv/bin/python scripts/soak.py --minutes 10 --rate 10 --json soak.json
-    PYTHONPATH=. .venv/bin/python scripts/soak.py --minutes 2 -p model:=sspu_x4_lidar
+    PYTHONPATH=. .venv/bin/python scripts/soak.py --minutes 2 -p model:=sspu_x4
 
 Discovery stays on this machine (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``) on
 ``--domain-id`` (default: ``$ROS_DOMAIN_ID``, else a random one in 101..232). This is a
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=10.0, help="streaming time (default 10)")
     p.add_argument("--rate", type=float, default=10.0, help="scans per second (default 10)")
     p.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
-                   help="a node parameter (repeatable), e.g. -p model:=sspu_x4_lidar")
+                   help="a node parameter (repeatable), e.g. -p model:=sspu_x4")
     p.add_argument("--kitti", default=str(KITTI), help=f"KITTI root (default {KITTI})")
     p.add_argument("--frames", type=int, default=100,
                    help="at most this many scans to cycle (default 100)")

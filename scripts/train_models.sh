@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the shipped models in models/ (the exact commands behind their manifests).
 #   bash scripts/train_models.sh [RUNS_DIR]        (default runs/)
-# 2-core CPU: sspu_x4 ~19 min (200 steps of batch 28, shared cores), sspu_x4_lidar 8 min of
-# fine-tuning.
+# 2-core CPU: sspu_x4 ~19 min (200 steps of batch 28, shared cores), sspu_lidar_x4 ~14 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-runs}
@@ -32,13 +31,13 @@ $SSPU train --data "$DATA/meshes/objects" --out "$RUNS/sspu_x4" --steps 200 \
 ship "$RUNS/sspu_x4/checkpoint.pt" models/sspu_x4.pt
 $SSPU export --model models/sspu_x4.pt --onnx models/sspu_x4.onnx
 
-# sspu_x4_lidar: the PREVIOUS sspu_x4 (interpolating head, 4 copies; models/sspu_x4.pt of
-# commit f228169, before issue #11) fine-tuned (no ground truth) on the node's patches of the
-# first 5 scans of the KITTI raw drive, thinned to 16 beams as in the kitti-beams benchmark.
-git show f228169:models/sspu_x4.pt > "$RUNS/sspu_x4_before_issue11.pt"
-$SSPU kitti2bag "$DATA/kitti/raw_2011_09_26_drive_0001" "$RUNS/kitti_raw_bag"
-$SSPU finetune --bag "$RUNS/kitti_raw_bag" --topic /kitti/velo \
-  --init "$RUNS/sspu_x4_before_issue11.pt" \
-  --out "$RUNS/sspu_x4_lidar" --frames 0:5 --beam-stride 4 --minutes 8 --no-progress
-ship "$RUNS/sspu_x4_lidar/checkpoint.pt" models/sspu_x4_lidar.pt
-$SSPU export --model models/sspu_x4_lidar.pt --onnx models/sspu_x4_lidar.onnx
+# sspu_lidar_x4 (issue #10): the range-image beam interpolator, self-supervised from the
+# first 5 scans of the KITTI raw drive thinned to 16 beams (thinned again to 8 / 4 beams,
+# the dropped 16-beam rows are the targets; no 64-beam row is used for training); 5000
+# steps of batch 16 on one thread (~14 min). The emit threshold 0.65 was chosen on those
+# same training scans (docs/research/issue10_lidar_range_interpolator.md).
+OMP_NUM_THREADS=1 .venv/bin/python scripts/train_range_interpolator.py --steps 5000 \
+  --batch 16 --smooth-gate 0.05 --out "$RUNS/sspu_lidar_x4"
+.venv/bin/python scripts/strip_range_checkpoint.py "$RUNS/sspu_lidar_x4/checkpoint.pt" \
+  models/sspu_lidar_x4.pt --threshold 0.65 \
+  --note "largest completeness with front accuracy <= range-image interpolation's on the training scans"
