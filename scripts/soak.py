@@ -70,7 +70,7 @@ def kitti_scans(root: Path, limit: int) -> list[Path]:
     return scans[:limit]
 
 
-def _messages(paths: list[Path]) -> list:
+def _messages(paths: list[Path], beam_stride: int = 1) -> list:
     from sensor_msgs.msg import PointCloud2, PointField
     from std_msgs.msg import Header
 
@@ -80,6 +80,10 @@ def _messages(paths: list[Path]) -> list:
     out = []
     for p in paths:
         xyzi = np.fromfile(p, dtype="<f4").reshape(-1, 4)
+        if beam_stride > 1:  # every k-th laser ring, storage order kept (64 -> 16 beams)
+            from sspu_ros.geometry.beams import recover_rings
+
+            xyzi = xyzi[recover_rings(xyzi) % beam_stride == 0]
         pts = np.zeros(len(xyzi), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
                                          ("intensity", "<f4")])
         for k, name in enumerate(("x", "y", "z", "intensity")):
@@ -166,7 +170,7 @@ def run(args) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     _say(f"{len(paths)} KITTI scans from {args.kitti}; node: {' '.join(node_cmd[1:])}; "
          f"ROS_DOMAIN_ID {domain}, transports {args.transports}; log {log_path}")
-    messages = _messages(paths)
+    messages = _messages(paths, args.beam_stride)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(node_cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     sampler = ProcessSampler(proc.pid, args.sample_s)
@@ -301,6 +305,7 @@ def run(args) -> dict:
                         "loadavg_1min_max": round(max((ld for _, ld in sampler.loads),
                                                       default=np.nan), 2)},
             "rate_hz": args.rate, "minutes": args.minutes, "frames": len(messages),
+            "beam_stride": args.beam_stride,
             "points_per_scan_mean": round(float(np.mean([m.width * m.height
                                                           for m in messages])), 0),
             "transports": args.transports, "node_startup_s": round(startup_s, 1),
@@ -377,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
                    help="a node parameter (repeatable), e.g. -p model:=sspu_x4")
     p.add_argument("--kitti", default=str(KITTI), help=f"KITTI root (default {KITTI})")
+    p.add_argument("--beam-stride", type=int, default=1,
+                   help="keep every k-th laser ring of each scan (4: the 16-beam input a "
+                   "VLP-16-class user has; default 1: the full 64 beams)")
     p.add_argument("--frames", type=int, default=100,
                    help="at most this many scans to cycle (default 100)")
     p.add_argument("--transports", default="LARGE_DATA",
