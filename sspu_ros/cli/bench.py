@@ -40,9 +40,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             overrides["model"] = args.model[-1]
         if args.scans < 1 or args.rss_scans < 0:
             raise UsageError("--scans must be >= 1 and --rss-scans >= 0")
+        if args.beam_stride < 1:
+            raise UsageError(f"--beam-stride must be >= 1, got {args.beam_stride}")
         result = run_speed_benchmark(args.data, config=args.config, overrides=overrides,
                                      backends=args.backend, n_scans=args.scans,
-                                     rss_scans=args.rss_scans, progress=not args.json)
+                                     rss_scans=args.rss_scans, beam_stride=args.beam_stride,
+                                     progress=not args.json)
         print(json.dumps(result, indent=2) if args.json else format_speed_benchmark(result))
         return 0
     if args.what == "model":
@@ -142,4 +145,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--backend", action="append",
                    help="speed: backend(s) to time (default: torch and onnxruntime)")
     p.add_argument("--config", help="speed: upsample parameter YAML (its model is timed)")
+    p.add_argument("--beam-stride", type=int, default=1, metavar="K",
+                   help="speed: keep every K-th ring of each KITTI scan (4: the 16-beam "
+                   "~30k-point input of the beam-model targets; default 1: all)")
     p.set_defaults(func=cmd_bench)
