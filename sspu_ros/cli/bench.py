@@ -73,6 +73,8 @@ def _bench_quality(args: argparse.Namespace) -> int:
     for option in ("frames", "ground"):
         if getattr(args, option, None) is not None and args.suite != "kitti-beams":
             raise UsageError(f"--{option} applies to --suite kitti-beams only")
+    if getattr(args, "seed", None) is not None and args.suite != "lidar-sim":
+        raise UsageError("--seed applies to --suite lidar-sim only")
     if args.suite == "pugan":
         from ..evaluation.pugan_suite import format_quality, run_quality
 
@@ -86,6 +88,8 @@ def _bench_quality(args: argparse.Namespace) -> int:
     extra = {}
     if getattr(args, "ground", None) is not None:  # suites checked above
         extra["ground"] = args.ground
+    if getattr(args, "seed", None) is not None:
+        extra["seed"] = args.seed
     if getattr(args, "frames", None):
         from ..io.bags import parse_frames
 
@@ -121,9 +125,11 @@ def add_subcommands(sub) -> None:
     p.add_argument("--data", help="quality: the suite's data (default: "
                    + ", ".join(f"{k}: {v}" for k, v in QUALITY_SUITES.items()) + ")")
     p.add_argument("--model", action="append",
-                   help="quality: model(s) to score beside the baselines (repeatable); "
-                   "kitti-beams also takes range:CHECKPOINT[@THRESHOLD], a learned "
-                   "range-image interpolator (scripts/train_range_interpolator.py)")
+                   help="quality: model(s) to score beside the baselines (repeatable): patch "
+                   "models, beam models (sspu_lidar_x4: run through the densifier with the "
+                   "scan's rings, kitti-beams and lidar-sim), and range:CHECKPOINT_OR_NAME"
+                   "[@THRESHOLD][+veto], a learned range-image interpolator "
+                   "(scripts/train_range_interpolator.py) at a given threshold")
     p.add_argument("--limit", type=int, help="quality: first N shapes / frames only")
     p.add_argument("--out", help="quality: write predictions (and figures) here "
                    "(default with --plot: out/quality)")
@@ -139,6 +145,9 @@ def add_subcommands(sub) -> None:
     p.add_argument("--ground", choices=["fixed", "plane"],
                    help="quality (kitti-beams): above ground = z > -1.53 m (fixed, default) "
                    "or > 0.2 m over a plane fitted to the 16-beam input (plane)")
+    p.add_argument("--seed", type=int,
+                   help="quality (lidar-sim): seed of the first simulated scene (default 0; "
+                   "the default scenes 0-4 are the ones reported, pick settings on others)")
     p.add_argument("--scans", type=int, default=50, help="speed: timed scans per source")
     p.add_argument("--rss-scans", type=int, default=1000,
                    help="speed: consecutive scans of the memory test (0 skips it)")
