@@ -10,6 +10,7 @@ import pytest
 
 from sspu_ros.errors import CloudFileError
 from sspu_ros.evaluation.lidar_suites import (
+    BEAM_MODES,
     INPUT,
     MIDPOINTS,
     RANGE_INTERP,
@@ -22,6 +23,7 @@ from sspu_ros.evaluation.lidar_suites import (
     run_kitti_beams,
     run_lidar_sim,
 )
+from sspu_ros.evaluation.lidar_suites import _split_models as split_models
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -90,6 +92,52 @@ def test_lidar_sim_smoke_one_scene():
     assert m[RANGE_INTERP]["completeness"] < 0.8 * m[INPUT]["completeness"]
     assert m[RANGE_INTERP]["p2f_mean"] < 0.05
     assert "P2F" in format_lidar_sim(r)
+
+
+def test_models_split_into_range_specs_beam_models_and_patch_models():
+    ranged, beams, patches = split_models(["midpoint", "sspu_lidar_x4", "range:x.pt@0.5",
+                                           "sspu_x4", "no_such_model"])
+    assert ranged == ["range:x.pt@0.5"] and beams == ["sspu_lidar_x4"]
+    assert patches == ["midpoint", "sspu_x4", "no_such_model"]  # the loader says why
+    assert BEAM_MODES == {"kitti-beams": ("full",), "lidar-sim": ("objects", "full")}
+
+
+def test_lidar_sim_scores_a_beam_model_through_the_densifier():
+    """sspu_lidar_x4 by name (and as range:NAME@T+veto) runs on the 16-beam scan with its
+    rings; a row per mode, with generated object points, beside the baselines."""
+    if not (DATA / "meshes" / "vehicles_scene").is_dir():
+        pytest.skip(f"vehicle meshes not found under {DATA / 'meshes'}")
+    r = run_lidar_sim(DATA, ["sspu_lidar_x4", "range:sspu_lidar_x4@0.65+veto"], scans=1,
+                      seed=0)
+    m = r["methods"]
+    assert list(m)[:3] == [INPUT, MIDPOINTS, RANGE_INTERP]
+    for name in ("sspu_lidar_x4 (objects)", "sspu_lidar_x4 (full)",
+                 "range:sspu_lidar_x4@0.65+veto (full)"):
+        b = m[name]["beams"]
+        assert b["beam_path"] == 1 and b["fallback"] == 0, name
+        assert b["generated"] > 0 and b["objects_with_new_points"] > 0, name
+        # scored: the input's object points plus generated object points
+        assert m[name]["points"] > m[INPUT]["points"], name
+        assert m[name]["completeness"] < m[INPUT]["completeness"], name
+        assert m[name]["p2f_mean"] < 0.1, name
+    full = m["sspu_lidar_x4 (full)"]
+    assert full["beams"]["mode"] == "full" and full["beams"]["ground_points"] > 0
+    assert m["sspu_lidar_x4 (objects)"]["beams"]["mode"] == "objects"
+    # the same model and threshold with the bridge veto: a subset of the points
+    assert m["range:sspu_lidar_x4@0.65+veto (full)"]["points"] <= full["points"]
+    table = format_lidar_sim(r)
+    assert "sspu_lidar_x4 (full)" in table and "points generated" in table
+
+
+def test_kitti_beams_scores_a_beam_model_by_name(tmp_path):
+    if not (DATA / "kitti" / "object" / "velodyne").is_dir():
+        pytest.skip(f"KITTI dev frames not found under {DATA / 'kitti'}")
+    r = run_kitti_beams(DATA / "kitti", ["sspu_lidar_x4"], limit=1)
+    m = r["methods"]
+    beam = m["sspu_lidar_x4 (full)"]
+    assert beam["range_cover"] > 0.3 and beam["range_mae"] < 0.5
+    assert beam["front_comp"] < 0.9 * m[INPUT]["front_comp"]
+    assert 0.0 < beam["front_acc"] < 0.1
 
 
 def test_unknown_ground_mode_is_refused(tmp_path):

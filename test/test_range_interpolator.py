@@ -220,12 +220,10 @@ def test_training_tasks_and_losses():
 
 
 def test_kitti_beams_scores_a_learned_interpolator(tmp_path):
-    from sspu_ros.evaluation.lidar_suites import RANGE_INTERP, run_kitti_beams, run_lidar_sim
+    from sspu_ros.evaluation.lidar_suites import RANGE_INTERP, run_kitti_beams
 
     (tmp_path / "run").mkdir()
     save_range_interpolator(tmp_path / "run" / "checkpoint.pt", _model(), threshold=0.0)
-    with pytest.raises(ModelError, match="kitti-beams only"):
-        run_lidar_sim(DATA, [f"range:{tmp_path / 'run' / 'checkpoint.pt'}"], limit=1)
     with pytest.raises(ModelError, match="missing.pt"):
         run_kitti_beams(DATA / "kitti", [f"range:{tmp_path / 'missing.pt'}"], limit=1)
     (tmp_path / "bad.pt").write_bytes(b"nope")

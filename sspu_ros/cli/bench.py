@@ -40,9 +40,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             overrides["model"] = args.model[-1]
         if args.scans < 1 or args.rss_scans < 0:
             raise UsageError("--scans must be >= 1 and --rss-scans >= 0")
+        if args.beam_stride < 1:
+            raise UsageError(f"--beam-stride must be >= 1, got {args.beam_stride}")
         result = run_speed_benchmark(args.data, config=args.config, overrides=overrides,
                                      backends=args.backend, n_scans=args.scans,
-                                     rss_scans=args.rss_scans, progress=not args.json)
+                                     rss_scans=args.rss_scans, beam_stride=args.beam_stride,
+                                     progress=not args.json)
         print(json.dumps(result, indent=2) if args.json else format_speed_benchmark(result))
         return 0
     if args.what == "model":
@@ -70,6 +73,8 @@ def _bench_quality(args: argparse.Namespace) -> int:
     for option in ("frames", "ground"):
         if getattr(args, option, None) is not None and args.suite != "kitti-beams":
             raise UsageError(f"--{option} applies to --suite kitti-beams only")
+    if getattr(args, "seed", None) is not None and args.suite != "lidar-sim":
+        raise UsageError("--seed applies to --suite lidar-sim only")
     if args.suite == "pugan":
         from ..evaluation.pugan_suite import format_quality, run_quality
 
@@ -83,6 +88,8 @@ def _bench_quality(args: argparse.Namespace) -> int:
     extra = {}
     if getattr(args, "ground", None) is not None:  # suites checked above
         extra["ground"] = args.ground
+    if getattr(args, "seed", None) is not None:
+        extra["seed"] = args.seed
     if getattr(args, "frames", None):
         from ..io.bags import parse_frames
 
@@ -118,9 +125,11 @@ def add_subcommands(sub) -> None:
     p.add_argument("--data", help="quality: the suite's data (default: "
                    + ", ".join(f"{k}: {v}" for k, v in QUALITY_SUITES.items()) + ")")
     p.add_argument("--model", action="append",
-                   help="quality: model(s) to score beside the baselines (repeatable); "
-                   "kitti-beams also takes range:CHECKPOINT[@THRESHOLD], a learned "
-                   "range-image interpolator (scripts/train_range_interpolator.py)")
+                   help="quality: model(s) to score beside the baselines (repeatable): patch "
+                   "models, beam models (sspu_lidar_x4: run through the densifier with the "
+                   "scan's rings, kitti-beams and lidar-sim), and range:CHECKPOINT_OR_NAME"
+                   "[@THRESHOLD][+veto], a learned range-image interpolator "
+                   "(scripts/train_range_interpolator.py) at a given threshold")
     p.add_argument("--limit", type=int, help="quality: first N shapes / frames only")
     p.add_argument("--out", help="quality: write predictions (and figures) here "
                    "(default with --plot: out/quality)")
@@ -136,10 +145,16 @@ def add_subcommands(sub) -> None:
     p.add_argument("--ground", choices=["fixed", "plane"],
                    help="quality (kitti-beams): above ground = z > -1.53 m (fixed, default) "
                    "or > 0.2 m over a plane fitted to the 16-beam input (plane)")
+    p.add_argument("--seed", type=int,
+                   help="quality (lidar-sim): seed of the first simulated scene (default 0; "
+                   "the default scenes 0-4 are the ones reported, pick settings on others)")
     p.add_argument("--scans", type=int, default=50, help="speed: timed scans per source")
     p.add_argument("--rss-scans", type=int, default=1000,
                    help="speed: consecutive scans of the memory test (0 skips it)")
     p.add_argument("--backend", action="append",
                    help="speed: backend(s) to time (default: torch and onnxruntime)")
     p.add_argument("--config", help="speed: upsample parameter YAML (its model is timed)")
+    p.add_argument("--beam-stride", type=int, default=1, metavar="K",
+                   help="speed: keep every K-th ring of each KITTI scan (4: the 16-beam "
+                   "~30k-point input of the beam-model targets; default 1: all)")
     p.set_defaults(func=cmd_bench)

@@ -20,8 +20,13 @@
 
 Pooled over all points of all frames (per-frame means are in the result too). Methods:
 the 16-beam input, kNN midpoints, range-image linear interpolation between kept beams, and
-every model given (run by ``Upsampler.upsample`` on the 16-beam points of the evaluation
-crop: the front region and the object boxes grown by 2 m).
+every model given: a patch model runs by ``Upsampler.upsample`` on the 16-beam points of
+the evaluation crop (the front region and the object boxes grown by 2 m); a beam model
+(``kind == "beams"``, e.g. ``sspu_lidar_x4``, given as a shipped name or path) runs as the
+node runs it, :func:`~sspu_ros.densify.densifier.densify_points` in ``full`` mode on the
+whole 16-beam scan with its ring index as the beam hint (row ``NAME (full)``); a
+``range:PATH[@T][+veto]`` interpolator runs on the 16-beam range image with the ring
+cones fitted to the 64-beam scan (``LearnedBeamInterpolator.interpolate``).
 
 The guide's reference (front region, accuracy / completeness: 16-beam input 0.000 /
 0.163, midpoints 0.025 / 0.158, range-image interpolation 0.031 / 0.136, MAE 0.20 m) is
@@ -67,10 +72,18 @@ INPUT = "16-beam input"
 MIDPOINTS = "kNN midpoints"
 RANGE_INTERP = "range-image interp"
 #: ``--model range:PATH[@THRESHOLD][+veto]``: a learned range-image interpolator
-#: checkpoint (:mod:`sspu_ros.training.range_interpolation`), kitti-beams only; ``+veto``
-#: drops virtual points bridging a depth discontinuity (on neither surface).
+#: checkpoint (:mod:`sspu_ros.training.range_interpolation`; PATH may also be a shipped
+#: beam model's name, e.g. ``range:sspu_lidar_x4@0.3``); ``+veto`` drops virtual points
+#: bridging a depth discontinuity (on neither surface).
 LEARNED_PREFIX = "range:"
 VETO_SUFFIX = "+veto"
+#: The densifier's modes for beam models in each suite (one row per mode): kitti-beams
+#: scores everything above the ground in the front region (as range-image interpolation
+#: densifies it: ``full``); lidar-sim scores the objects: ``objects`` is the node's default
+#: selection (its own ground removal and clusters: the end-to-end figure), ``full`` every
+#: gap, scored on the points that belong to an object (the selection range-image
+#: interpolation gets from the simulator's object ids: the network's own figure).
+BEAM_MODES = {"kitti-beams": ("full",), "lidar-sim": ("objects", "full")}
 
 __all__ = [
     "fit_ground_plane",
@@ -163,20 +176,70 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
+def _is_beam(model: str) -> bool:
+    """A beam model (range-image interpolator) given as a shipped name or path; False for
+    patch models, built-ins and names that do not resolve (the loader says why)."""
+    from ..runtime.loading import is_beam_model
+    from ..runtime.model_files import find_model_files
+
+    if model == "midpoint":
+        return False
+    try:
+        return is_beam_model(find_model_files(model))
+    except ModelError:
+        return False
+
+
+def _split_models(models: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """``--model`` entries -> (``range:`` specs, beam models by name/path, patch models)."""
+    ranged = [m for m in models if m.startswith(LEARNED_PREFIX)]
+    rest = [m for m in models if not m.startswith(LEARNED_PREFIX)]
+    beams = [m for m in rest if _is_beam(m)]
+    return ranged, beams, [m for m in rest if m not in beams]
+
+
 def _load_models(models: list[str]) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """Patch models (and built-ins) by name -> their ``upsample``."""
     from ..runtime.loading import load_upsampler
 
-    if any(m.startswith(LEARNED_PREFIX) for m in models):
-        raise ModelError(f"'{LEARNED_PREFIX}PATH' models (learned range-image "
-                         "interpolators) need the scan's beams: --suite kitti-beams only")
     return {m: load_upsampler(m, RATIO).upsample for m in models}
 
 
+def _load_beam_models(models: list[str], modes: tuple[str, ...],
+                      ranged: list[str] = ()) -> dict[str, tuple]:
+    """Beam models by name/path, loaded as the node loads them (default config, backend
+    auto, ``lidar.*`` defaults: the model's own threshold; the patch fallback for scans
+    without beams), and ``range:`` specs (:func:`_load_range_models`) -> row ``NAME
+    (MODE)`` -> (interpolator, parameters with ``mode``), one row per mode."""
+    from ..config import load_config
+    from ..runtime.loading import load_upsampler
+
+    nets = {m: load_upsampler(m, RATIO, config=load_config(None, {"model": m}))
+            for m in models}
+    nets.update(_load_range_models(list(ranged)))
+    # the densifier's lidar.veto_bridges overrides the interpolator's own (+veto)
+    return {f"{name} ({mode})": (net, load_config(None, {
+                "mode": mode, "lidar.veto_bridges": bool(net.veto_bridges)}))
+            for name, net in nets.items() for mode in modes}
+
+
+def _densify_with_rings(xyz: np.ndarray, rings: np.ndarray, interp, params):
+    """:func:`~sspu_ros.densify.densifier.densify_points` of a 16-beam scan whose beams
+    are known: (N, 3) points, (N,) ring index of each (the hint a ``ring`` field gives)."""
+    from ..densify.beams import ScanHints
+    from ..densify.densifier import densify_points
+
+    return densify_points(np.ascontiguousarray(xyz, dtype=np.float32), interp, params,
+                          hints=ScanHints(beam=np.asarray(rings, dtype=np.float64)))
+
+
 def _load_range_models(models: list[str]) -> dict:
-    """``range:PATH[@THRESHOLD]`` entries -> learned interpolators
-    (:class:`~sspu_ros.runtime.range_interpolation.LearnedBeamInterpolator`) by name."""
+    """``range:PATH[@THRESHOLD][+veto]`` entries -> learned interpolators
+    (:class:`~sspu_ros.runtime.range_interpolation.LearnedBeamInterpolator`) by name.
+    PATH is a checkpoint, or a shipped beam model's name (its ``.pt``)."""
     if not models:
         return {}
+    from ..runtime.model_files import find_model_files
     from ..runtime.range_interpolation import LearnedBeamInterpolator
 
     out = {}
@@ -188,6 +251,11 @@ def _load_range_models(models: list[str]) -> dict:
             threshold = float(thr) if thr else None
         except ValueError:
             raise ModelError(f"{m}: the threshold after '@' must be a number") from None
+        if not Path(path).exists():  # a shipped name: its checkpoint
+            shipped = find_model_files(path).pt
+            if shipped is None:
+                raise ModelError(f"{m}: '{path}' has no .pt checkpoint")
+            path = str(shipped)
         try:
             interp = LearnedBeamInterpolator.from_checkpoint(path, threshold=threshold,
                                                              veto_bridges=veto)
@@ -241,9 +309,10 @@ def run_kitti_beams(data: str | Path, models: list[str], *, out_dir: str | Path 
 
     Args:
         data: the KITTI folder (with ``object/{velodyne,label_2,calib}``).
-        models: upsampler names or paths for ``load_upsampler(model, 4)``, and learned
-            range-image interpolators ``range:PATH[@THRESHOLD]`` (run on the 16-beam range
-            image like the range-image interpolation baseline).
+        models: upsampler names or paths for ``load_upsampler(model, 4)`` (beam models
+            run through the densifier in ``full`` mode), and learned range-image
+            interpolators ``range:PATH[@THRESHOLD][+veto]`` (run on the 16-beam range image
+            like the range-image interpolation baseline).
         out_dir: write each method's densified front crop per frame (``.ply``) there.
         limit: first ``limit`` frames only.
         plot: write ``kitti_beams.png`` (range images of the first frame) into ``out_dir``
@@ -268,9 +337,11 @@ def run_kitti_beams(data: str | Path, models: list[str], *, out_dir: str | Path 
     from ..io.kitti import boxes_to_lidar, points_in_boxes, read_calib, read_labels, read_velodyne
 
     frames = kitti_frames(data)[frames if frames is not None else slice(None)][: limit or None]
-    learned = _load_range_models([m for m in models if m.startswith(LEARNED_PREFIX)])
-    fns = _load_models([m for m in models if not m.startswith(LEARNED_PREFIX)])
-    names = [INPUT, MIDPOINTS, RANGE_INTERP, *learned, *fns]
+    ranged, beam_models, patch_models = _split_models(models)
+    learned = _load_range_models(ranged)
+    beam_nets = _load_beam_models(beam_models, BEAM_MODES["kitti-beams"])
+    fns = _load_models(patch_models)
+    names = [INPUT, MIDPOINTS, RANGE_INTERP, *learned, *beam_nets, *fns]
     pool = _Pool()
     seconds: dict[str, list[float]] = {n: [] for n in names}
     per_frame: dict[str, list] = {n: [] for n in names}
@@ -327,11 +398,17 @@ def run_kitti_beams(data: str | Path, models: list[str], *, out_dir: str | Path 
                                      n_rows=N_BEAMS)
             return np.concatenate([sparse, new])
 
+        def node_beams(_crop, net, params, sparse=sparse, sparse_rings=sparse_rings):
+            res = _densify_with_rings(sparse, sparse_rings, net, params)
+            return np.concatenate([sparse, res.generated.astype(np.float64)])
+
         methods: dict[str, Callable[[np.ndarray], np.ndarray]] = {
             INPUT: lambda _crop, sparse=sparse: sparse,
             MIDPOINTS: lambda c: midpoint_upsample(c, RATIO),
             RANGE_INTERP: interp,
             **{n: (lambda c, net=net: learned_interp(c, net)) for n, net in learned.items()},
+            **{n: (lambda c, net=net, params=params: node_beams(c, net, params))
+               for n, (net, params) in beam_nets.items()},
             **fns,
         }
         frame_imgs = {"truth": truth_img.range}
@@ -476,9 +553,23 @@ def run_lidar_sim(data: str | Path, models: list[str], *, out_dir: str | Path | 
     16-beam input, kNN midpoints, range-image interpolation between kept beams (kept
     where both neighbour pixels hit the same object), and every model given.
 
+    Patch models densify each object's points on their own (:func:`_densify_objects`).
+    Beam models (a shipped name or path of a ``kind == "beams"`` model, or
+    ``range:PATH[@T][+veto]``) run as the node runs them: the whole 16-beam scan through
+    :func:`~sspu_ros.densify.densifier.densify_points` with the simulated ring index as
+    the beam hint, one row per mode of ``BEAM_MODES["lidar-sim"]``: ``NAME (objects)``
+    (the node's default: its own ground removal and clusters pick what to densify) and
+    ``NAME (full)`` (every gap). Each generated point belongs to the object of the nearer
+    of the two real pixels it was made between (else of the other one); points made
+    between two ground pixels are not object points and are left out of the scores
+    (counted as ``ground_points``), like the ground itself. So the ``full`` row is scored
+    on the gaps next to an object pixel: the selection range-image interpolation gets
+    from the simulator's object ids.
+
     Args:
         data: the data folder (``meshes/vehicles_scene`` under it) or the mesh folder.
-        models: upsampler names or paths for ``load_upsampler(model, 4)``.
+        models: upsampler names or paths for ``load_upsampler(model, 4)``, beam models,
+            ``range:PATH[@THRESHOLD][+veto]``.
         limit: at most this many scenes (overrides ``scans`` when smaller).
         plot: write ``lidar_sim.png`` (bird's-eye views) into ``out_dir`` (default
             ``out/quality``).
@@ -491,9 +582,15 @@ def run_lidar_sim(data: str | Path, models: list[str], *, out_dir: str | Path | 
     meshes = load_vehicle_meshes(data)  # kept alive: keys of distance_cache are their ids
     distance_cache: dict = {}
     n_scenes = min(scans, limit) if limit else scans
-    fns = _load_models(models)
-    names = [INPUT, MIDPOINTS, RANGE_INTERP, *fns]
+    ranged, beam_models, patch_models = _split_models(models)
+    beam_nets = _load_beam_models(beam_models, BEAM_MODES["lidar-sim"], ranged)
+    fns = _load_models(patch_models)
+    names = [INPUT, MIDPOINTS, RANGE_INTERP, *beam_nets, *fns]
     kept_input = dict.fromkeys(names, 0)
+    beam_info = {n: {"mode": params["mode"], "generated": 0, "ground_points": 0,
+                     "beam_path": 0, "fallback": 0, "objects": 0,
+                     "objects_with_new_points": 0}
+                 for n, (_, params) in beam_nets.items()}
     pool = _Pool()
     seconds: dict[str, list[float]] = {n: [] for n in names}
     n_points = {"dense": 0, "sparse": 0}
@@ -514,6 +611,8 @@ def run_lidar_sim(data: str | Path, models: list[str], *, out_dir: str | Path | 
             t0 = time.perf_counter()
             if name == RANGE_INTERP:
                 pred, owner = _sim_range_interp(sparse, np.arange(0, N_BEAMS, KEEP_EVERY))
+            elif name in beam_nets:
+                pred, owner = _sim_beams(sparse, *beam_nets[name], beam_info[name])
             else:
                 pred, owner, refused = _densify_objects(sparse, point_methods[name])
                 kept_input[name] += refused
@@ -534,7 +633,8 @@ def run_lidar_sim(data: str | Path, models: list[str], *, out_dir: str | Path | 
                         "completeness": pool.mean(f"{n}/comp"),
                         "points": pool.n.get(f"{n}/p2f", 0),
                         "objects_not_densified": kept_input[n],
-                        "seconds_per_scene": float(np.median(seconds[n]))}
+                        "seconds_per_scene": float(np.median(seconds[n])),
+                        **({"beams": beam_info[n]} if n in beam_info else {})}
                     for n in names},
     }
     if plot and first_views is not None:
@@ -560,6 +660,31 @@ def _densify_objects(sparse, fn: Callable[[np.ndarray], np.ndarray]
         preds.append(out)
         owners.append(np.full(len(out), oid))
     return np.concatenate(preds), np.concatenate(owners), refused
+
+
+def _sim_beams(sparse, interp, params, info: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A beam model on a simulated 16-beam scan, as the node runs it (see
+    :func:`run_lidar_sim`): (P, 3) object points (the input's, then the generated ones
+    that belong to an object), (P,) their object ids; ``info`` gathers counts."""
+    rows = sparse.ring // KEEP_EVERY  # the 16 kept beams, as a driver's ring field
+    res = _densify_with_rings(sparse.xyz, rows, interp, params)
+    info["beam_path" if res.path == "beams" else "fallback"] += 1
+    gen = res.generated.astype(np.float64)
+    if res.path == "beams":
+        above, below, nearer = (sparse.object_id[res.sources[:, j]] for j in range(3))
+        other = np.where(res.sources[:, 2] == res.sources[:, 0], below, above)
+        owner = np.where(nearer > 0, nearer, other)
+    else:  # patch fallback: its source point's object
+        owner = sparse.object_id[res.sources[:, 0]] if len(gen) else np.zeros(0, np.int64)
+    on_object = owner > 0
+    obj = sparse.object_id > 0
+    ids = np.unique(sparse.object_id[obj])
+    info["generated"] += int(len(gen))
+    info["ground_points"] += int((~on_object).sum())
+    info["objects"] += int(ids.size)
+    info["objects_with_new_points"] += int(np.isin(ids, owner[on_object]).sum())
+    return (np.concatenate([sparse.xyz[obj].astype(np.float64), gen[on_object]]),
+            np.concatenate([sparse.object_id[obj], owner[on_object]]))
 
 
 def _sim_range_interp(sparse, kept_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -600,6 +725,13 @@ def format_lidar_sim(result: dict) -> str:
         if m.get("objects_not_densified"):
             lines.append(f"  ({name}: refused {m['objects_not_densified']} small objects; "
                          "their input points were kept)")
+        if "beams" in m:
+            b = m["beams"]
+            lines.append(f"  ({name}: {b['mode']} mode, {b['generated']} points generated, "
+                         f"{b['ground_points']} of them between ground pixels (not scored); "
+                         f"new points on {b['objects_with_new_points']} of {b['objects']} "
+                         f"objects; beam path in {b['beam_path']} scans, fallback in "
+                         f"{b['fallback']})")
     if "plot" in result:
         lines.append(f"plot: {result['plot']}")
     return "\n".join(lines)
