@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,9 +260,16 @@ class RangeTrainer:
         self._acc_n = 0
 
     def save(self) -> None:
-        save_range_interpolator(self.checkpoint, self.model, optimizer=self.opt.state_dict(),
-                                scheduler=self.sched.state_dict(), step=self.step,
-                                threshold=self.cfg.threshold, **self.meta)
+        """Write ``checkpoint.pt`` atomically (a temporary file renamed over it): a kill
+        mid-write leaves the previous checkpoint."""
+        tmp = self.checkpoint.with_name(f".{self.checkpoint.name}.tmp{os.getpid()}")
+        try:
+            save_range_interpolator(tmp, self.model, optimizer=self.opt.state_dict(),
+                                    scheduler=self.sched.state_dict(), step=self.step,
+                                    threshold=self.cfg.threshold, **self.meta)
+            os.replace(tmp, self.checkpoint)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def run(self, until: int) -> dict[str, float]:
         """Train up to step ``until``; a checkpoint every ``cfg.checkpoint_every`` steps
