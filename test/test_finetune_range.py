@@ -157,6 +157,9 @@ def test_finetune_range_model_writes_outputs(bag, init, tmp_path, capsys):
     t = m["training"]
     assert t["steps"] == 3 and t["steps_budget"] == 3 and t["wall_seconds"] > 0
     assert t["config"]["mode"] == "self" and t["config"]["batch"] == 2
+    assert t["config"]["schedule"] == "manual"  # cosine over the budget
+    assert set(t["self_check"]["before"]) == set(t["self_check"]["after"]) >= {"l1", "mae"}
+    assert "range MAE" in printed
     assert m["command"].startswith("sspu finetune --bag ") and "--beam-stride 2" in m["command"]
     assert {"host", "cpus", "torch", "device"} <= set(m["machine"])
     assert m["onnx"]["path"] == "model.onnx" and m["onnx"]["max_abs_diff"] < 1e-3
@@ -216,3 +219,26 @@ def test_finetune_range_user_errors(bag, init, tmp_path, capsys):
     assert main(["finetune", "--bag", str(bag), "--model", "no_such_model", "--out",
                  str(tmp_path / "e"), "--steps", "1"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_range_trainer_in_chunks_equals_one_run(bag, init, tmp_path):
+    """Two runs of 2 steps (a checkpoint between) train exactly as one run of 4."""
+    from sspu_ros.training.range_interpolation import RangeTrainer, TrainConfig
+
+    images, _ = bag_range_images(bag, "/points", beam_stride=2, columns=COLUMNS,
+                                 progress=False)
+
+    def trainer(out):
+        cfg = TrainConfig(mode="self", init=str(init), batch=2, crop=64, out=str(out),
+                          schedule="constant", log_every=1)
+        return RangeTrainer(cfg, images=images, log=lambda _s: None)
+
+    one = trainer(tmp_path / "one")
+    one.run(4)
+    two = trainer(tmp_path / "two")
+    two.run(2)
+    two.run(4)
+    for a, b in zip(one.model.state_dict().values(), two.model.state_dict().values(),
+                    strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert len((tmp_path / "two" / "log.jsonl").read_text().splitlines()) == 4

@@ -121,6 +121,10 @@ def _finetune_range(args: argparse.Namespace, init: str, frames: slice) -> int:
     loss_a, loss_b = ("-" if v is None else f"{v:.4f}" for v in loss)
     print(f"sspu finetune: {t['steps']} steps in {t['wall_seconds']:.1f} s on "
           f"{m['machine']['device']}, loss {loss_a} -> {loss_b} (self-supervised)")
+    check = t["self_check"]
+    print(f"sspu finetune: on the training images (all tasks, whole images): range MAE "
+          f"{check['before']['mae']:.4f} -> {check['after']['mae']:.4f} m, L1 "
+          f"{check['before']['l1']:.4f} -> {check['after']['l1']:.4f}")
     onnx = f", {args.out}/{m['onnx']['path']}" if "onnx" in m else ""
     print(f"sspu finetune: wrote {args.out}/checkpoint.pt, {args.out}/model.pt{onnx}, "
           f"{args.out}/model.yaml")

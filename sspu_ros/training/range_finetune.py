@@ -13,9 +13,11 @@ with beam self-supervision on the bag's own scans, no ground truth:
    counted (with the reason); none usable is an error.
 2. **Training** (:class:`~sspu_ros.training.range_interpolation.RangeTrainer`, mode
    ``self``): keep every 2nd / 4th row of each K-row image, predict the dropped rows; from
-   the given model's weights and architecture, at a constant learning rate, in chunks to a
-   wall-time budget and/or a step count (:func:`~sspu_ros.training.run_record.run_budget`,
-   as the point-patch fine-tuning). ``checkpoint.pt`` (resumable) and ``log.jsonl``.
+   the given model's weights and architecture, the learning rate falling from ``lr`` to 0
+   along a cosine over the budget (a wall-time budget and/or a step count, in chunks:
+   :func:`~sspu_ros.training.run_record.run_budget`, as the point-patch fine-tuning).
+   ``checkpoint.pt`` (resumable) and ``log.jsonl``; the self-supervision loss on the whole
+   training images before and after goes into the manifest (a truth-free check).
 3. **Outputs**: ``model.pt`` (weights + metadata, the init's emit threshold carried over:
    the threshold was chosen against 64-beam truth, which fine-tuning has not), ``model.onnx``
    (:func:`~sspu_ros.model.range_interpolator.export_range_interpolator`, parity against
@@ -24,6 +26,7 @@ with beam self-supervision on the bag's own scans, no ground truth:
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections import Counter
@@ -180,7 +183,8 @@ def finetune_range(bag: str | Path, topic: str | None, init: str | Path, out: st
         beam_stride: keep every k-th beam row of each scan's structure.
         sensor: ``auto`` or a sensor preset (:data:`sspu_ros.geometry.scan_structure.SENSORS`).
         columns: range-image width W (default 2048, or the preset's / organized width).
-        batch, lr, crop: batch size, constant learning rate, column crop of the tasks.
+        batch, lr, crop: batch size, initial learning rate (cosine to 0 over the budget),
+            column crop of the tasks.
         resume: continue the run in ``out`` from its ``checkpoint.pt`` up to ``steps`` (or
             for another ``minutes``); the same bag and settings rebuild the same images.
         log: a callable for the trainer's log lines (default: none).
@@ -193,7 +197,7 @@ def finetune_range(bag: str | Path, topic: str | None, init: str | Path, out: st
         load_range_interpolator,
         save_range_interpolator,
     )
-    from .range_interpolation import RangeTrainer, TrainConfig
+    from .range_interpolation import RangeTrainer, TrainConfig, self_supervised_loss
 
     check_budget(minutes, steps)
     t_start = time.time()
@@ -213,23 +217,35 @@ def finetune_range(bag: str | Path, topic: str | None, init: str | Path, out: st
     topic_text = topic or "(first PointCloud2 topic)"
     source = f"{bag}#{topic_text}[{frames_text(frames)}]"
     cfg = TrainConfig(mode="self", init=str(init), steps=int(steps or 1 << 30), batch=batch,
-                      crop=crop, lr=lr, seed=seed, out=str(out), schedule="constant",
+                      crop=crop, lr=lr, seed=seed, out=str(out), schedule="manual",
                       threshold=threshold, log_every=10)
     trainer = RangeTrainer(cfg, images=images, trained_on=[source],
                            meta={"finetune": {"bag": str(bag), "topic": topic_text,
                                               "frames": frames_text(frames),
                                               "beam_stride": beam_stride}},
                            log=log or (lambda _line: None))
+    before = self_supervised_loss(trainer.model, images)
     last: dict[str, float] = {}
+    t_train = time.monotonic()
+    sub = max(1, (steps or 0) // 20)
 
     def advance(target: int) -> int:
+        """Up to ``target`` in pieces of 5 % of the step budget, the learning rate
+        following a cosine from ``lr`` to 0 over the budget (steps or minutes, whichever
+        is further along)."""
         nonlocal last
-        last = trainer.run(target) or last
+        while trainer.step < target:
+            done = trainer.step / steps if steps else 0.0
+            if minutes:
+                done = max(done, (time.monotonic() - t_train) / (60 * minutes))
+            trainer.lr_scale = 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+            last = trainer.run(min(target, trainer.step + sub)) or last
         return trainer.step
 
     _, train_seconds = run_budget(advance, trainer.step, minutes=minutes, steps=steps,
                                   progress=progress)
     model = trainer.model.eval()
+    after = self_supervised_loss(model, images)
     info = {"trained_on": [source], "mode": "self", "init": str(init),
             "step": int(trainer.step), "threshold_note":
             f"carried over from {init.name} (fine-tuning does not re-choose it)",
@@ -261,6 +277,10 @@ def finetune_range(bag: str | Path, topic: str | None, init: str | Path, out: st
                      "loss_first": _logged(out / "log.jsonl", 0),
                      "loss_last": _logged(out / "log.jsonl", -1) or dict(last) or None,
                      "max_weight_change": moved,
+                     "self_check": {"what": "self-supervision loss terms on the whole "
+                                            "training images (every task, no crop), "
+                                            "before / after",
+                                    "before": before, "after": after},
                      "config": {k: plain(v) for k, v in asdict(cfg).items()
                                 if k != "scans"}},
         "command": command_text(command),

@@ -44,10 +44,11 @@ from ..model.range_interpolator import (
 )
 
 __all__ = ["MODES", "SCHEDULES", "RangeTrainer", "Task", "TrainConfig", "load_image",
-           "load_scan_image", "make_tasks", "self_tasks", "train", "trust_target"]
+           "load_scan_image", "make_tasks", "self_supervised_loss", "self_tasks", "train",
+           "trust_target"]
 
 MODES = ("self16", "self", "full64")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "manual")
 
 N_BEAMS = 64
 KEEP_EVERY = 4
@@ -143,7 +144,8 @@ class TrainConfig:
     width: int = 2048
     out: str = "out/range_interp"
     model: dict = field(default_factory=dict)
-    #: "cosine" (to 0 at ``steps``) or "constant" (fine-tuning to a time budget)
+    #: "cosine" (to 0 at ``steps``), "constant", or "manual": lr × ``RangeTrainer.lr_scale``,
+    #: set by the caller between runs (fine-tuning to a time budget)
     schedule: str = "cosine"
     #: the emit threshold the checkpoints carry (fine-tuning keeps the init's)
     threshold: float = 0.5
@@ -196,6 +198,29 @@ def loss_terms(model: RangeInterpolator, kept: torch.Tensor, target: torch.Tenso
             "mae": torch.where(m, err, torch.zeros_like(err)).sum() / m.sum().clamp_min(1)}
 
 
+def self_supervised_loss(model: RangeInterpolator, images: list[np.ndarray], *,
+                         cap: float = 2.0) -> dict[str, float]:
+    """The self-supervision loss terms of ``model`` on whole images, deterministic (every
+    task of mode ``self`` of every (K, W) image, no crop, flip or scaling), averaged over
+    the tasks: a truth-free check of what a fine-tuning did on its own data."""
+    sums: dict[str, float] = {}
+    n = 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for img in images:
+            for task in make_tasks(img, "self"):
+                terms = loss_terms(model, torch.from_numpy(task.kept[None]),
+                                   torch.from_numpy(task.target[None]),
+                                   torch.tensor(task.t, dtype=torch.float32), cap,
+                                   task.spacing)
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                n += 1
+    model.train(was_training)
+    return {k: round(v / max(1, n), 5) for k, v in sums.items()}
+
+
 class RangeTrainer:
     """The training loop of :func:`train`, resumable and run in chunks (``sspu finetune``
     runs it to a wall-time budget).
@@ -232,9 +257,13 @@ class RangeTrainer:
         else:
             self.model = RangeInterpolator(RangeInterpolatorConfig(**cfg.model))
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.lr_scale = 1.0
         if cfg.schedule == "cosine":
             def factor(s):
                 return 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps))
+        elif cfg.schedule == "manual":
+            def factor(s):
+                return self.lr_scale
         else:
             def factor(s):
                 return 1.0
