@@ -216,7 +216,7 @@ def finetune_range(bag: str | Path, topic: str | None, init: str | Path, out: st
     out.mkdir(parents=True, exist_ok=True)
     topic_text = topic or "(first PointCloud2 topic)"
     source = f"{bag}#{topic_text}[{frames_text(frames)}]"
-    cfg = TrainConfig(mode="self", init=str(init), steps=int(steps or 1 << 30), batch=batch,
+    cfg = TrainConfig(mode="self", init=str(init), steps=int(steps or 0), batch=batch,
                       crop=crop, lr=lr, seed=seed, out=str(out), schedule="manual",
                       threshold=threshold, log_every=10)
     trainer = RangeTrainer(cfg, images=images, trained_on=[source],
