@@ -224,29 +224,30 @@ def finetune_range(bag: str | Path, topic: str | None, init: str | Path, out: st
                                               "frames": frames_text(frames),
                                               "beam_stride": beam_stride}},
                            log=log or (lambda _line: None))
-    before = self_supervised_loss(trainer.model, images)
+    before = self_supervised_loss(base, images)  # the init, also when resuming
     last: dict[str, float] = {}
     t_train = time.monotonic()
-    sub = max(1, (steps or 0) // 20)
+    sub = max(1, steps // 20) if steps else None  # minutes only: run_budget's chunks
 
     def advance(target: int) -> int:
-        """Up to ``target`` in pieces of 5 % of the step budget, the learning rate
-        following a cosine from ``lr`` to 0 over the budget (steps or minutes, whichever
-        is further along)."""
+        """Up to ``target`` in pieces of 5 % of the step budget (of the time budget:
+        run_budget's chunks), the learning rate following a cosine from ``lr`` to 0 over
+        the budget (steps or minutes, whichever is further along), set per piece."""
         nonlocal last
         while trainer.step < target:
             done = trainer.step / steps if steps else 0.0
             if minutes:
                 done = max(done, (time.monotonic() - t_train) / (60 * minutes))
             trainer.lr_scale = 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
-            last = trainer.run(min(target, trainer.step + sub)) or last
+            last = trainer.run(min(target, trainer.step + sub) if sub else target) or last
         return trainer.step
 
     _, train_seconds = run_budget(advance, trainer.step, minutes=minutes, steps=steps,
                                   progress=progress)
     model = trainer.model.eval()
     after = self_supervised_loss(model, images)
-    info = {"trained_on": [source], "mode": "self", "init": str(init),
+    info = {"trained_on": [source], "init_trained_on": init_ckpt.get("trained_on"),
+            "mode": "self", "init": str(init),
             "step": int(trainer.step), "threshold_note":
             f"carried over from {init.name} (fine-tuning does not re-choose it)",
             "train_config": {k: v for k, v in asdict(cfg).items() if k != "scans"}}
