@@ -23,11 +23,6 @@ fine-tune on the sparse input a beam benchmark feeds the model.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import platform
-import shlex
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,11 +31,21 @@ from typing import Any
 import numpy as np
 
 from ..errors import CloudFileError
+from .run_record import (
+    MANIFEST,
+    ONNX_NAME,
+    check_budget,
+    check_out_folder,
+    command_text,
+    frames_text,
+    machine_info,
+    plain,
+    run_budget,
+    sha256_file,
+    write_manifest,
+)
 
-__all__ = ["PatchRecorder", "finetune", "node_patches"]
-
-MANIFEST = "model.yaml"
-ONNX_NAME = "model.onnx"
+__all__ = ["MANIFEST", "ONNX_NAME", "PatchRecorder", "finetune", "node_patches"]
 
 
 class PatchRecorder:
@@ -110,7 +115,7 @@ def node_patches(bag: str | Path, topic: str | None, params: Mapping[str, Any], 
         used.append(item.index)
         points += int(len(xyz))
     if not used:
-        raise CloudFileError(f"{bag}: the frame selection {_frames_text(frames)} holds no scan "
+        raise CloudFileError(f"{bag}: the frame selection {frames_text(frames)} holds no scan "
                              f"of {topic or 'the first PointCloud2 topic'}")
     if not recorder.patches:
         raise CloudFileError(f"{bag}: the densifier selected no patch in {len(used)} scan(s) "
@@ -135,33 +140,6 @@ def distinct_fraction(patches: np.ndarray) -> np.ndarray:
                            patches.reshape(-1, 3)], axis=1)
     unique = np.unique(rows, axis=0)
     return np.bincount(unique[:, 0].astype(np.int64), minlength=b) / k
-
-
-def _frames_text(frames: slice) -> str:
-    a = "" if frames.start is None else str(frames.start)
-    b = "" if frames.stop is None else str(frames.stop)
-    return f"{a}:{b}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _machine(device: str) -> dict:
-    import torch
-
-    info = {"host": platform.node(), "platform": platform.platform(),
-            "python": platform.python_version(), "cpus": os.cpu_count(),
-            "torch": str(torch.__version__), "device": device}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    else:
-        info["cpu"] = platform.processor() or platform.machine()
-    return info
 
 
 def finetune(bag: str | Path, topic: str | None, init: str | Path, out: str | Path, *,
@@ -189,18 +167,11 @@ def finetune(bag: str | Path, topic: str | None, init: str | Path, out: str | Pa
     Returns:
         the manifest (also written to ``out/model.yaml``).
     """
-    import yaml
-
     from ..config import load_config
     from ..model.checkpoint import load_checkpoint
     from .trainer import CHECKPOINT, Trainer, checkpoint_train_config
 
-    if minutes is None and steps is None:
-        raise ValueError("give a time budget (minutes) or a step count (steps)")
-    if minutes is not None and minutes <= 0:
-        raise ValueError(f"minutes must be > 0, got {minutes}")
-    if steps is not None and steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    check_budget(minutes, steps)
     t_start = time.time()
     bag, init, out = Path(bag), Path(init), Path(out)
     if not init.is_file():
@@ -213,12 +184,7 @@ def finetune(bag: str | Path, topic: str | None, init: str | Path, out: str | Pa
     cfg = checkpoint_train_config(ckpt, {**(train_overrides or {}), "data.paths": [str(bag)]})
     ratio = int(ckpt["generator"]["ratio"])
     patch_size = int(cfg["data.patch_size"])
-    if (out / CHECKPOINT).exists() and not resume:
-        raise CloudFileError(f"{out}: holds a checkpoint already; continue it with --resume "
-                             "or choose a new --out folder")
-    if resume and not (out / CHECKPOINT).is_file():
-        raise CloudFileError(f"{out}: no checkpoint.pt to resume (--resume continues an "
-                             "interrupted sspu finetune in the same --out folder)")
+    check_out_folder(out, CHECKPOINT, resume)
     bank, data = node_patches(bag, topic, params, ratio=ratio, patch_size=patch_size,
                               frames=frames, every=every, beam_stride=beam_stride,
                               min_distinct=min_distinct, progress=progress)
@@ -226,40 +192,19 @@ def finetune(bag: str | Path, topic: str | None, init: str | Path, out: str | Pa
 
     trainer = Trainer(cfg, out, init=None if resume else init, resume=resume, progress=False,
                       patch_bank=bank)
-    t_train = time.monotonic()
-    deadline = t_train + minutes * 60 if minutes is not None else None
-    target = steps if steps is not None else 1 << 60
     last: dict[str, float] = {}
-    step_time = None
-    from tqdm import tqdm
 
-    bar = tqdm(total=steps, initial=trainer.step, desc="finetune", unit="step",
-               disable=not progress)
+    def advance(target: int) -> int:
+        nonlocal last
+        trainer.cfg = _with_steps(cfg, target)
+        last = trainer.run() or last
+        return trainer.step
+
     try:
-        while trainer.step < target:
-            chunk = target - trainer.step
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if step_time is None:
-                    chunk = 1  # measure one step first
-                else:
-                    fit = int(left / step_time)
-                    if fit < 1:
-                        break
-                    # chunks of ~5% of the budget keep the stop close to the deadline
-                    chunk = min(chunk, fit, max(1, int(0.05 * minutes * 60 / step_time)))
-            t0 = time.monotonic()
-            trainer.cfg = _with_steps(cfg, trainer.step + chunk)
-            before = trainer.step
-            last = trainer.run() or last
-            step_time = (time.monotonic() - t0) / max(1, trainer.step - before)
-            bar.update(trainer.step - before)
-            if deadline is not None and time.monotonic() >= deadline:
-                break
+        _, train_seconds = run_budget(advance, trainer.step, minutes=minutes, steps=steps,
+                                      progress=progress)
     finally:
-        bar.close()
         trainer.close()
-    train_seconds = time.monotonic() - t_train
 
     manifest: dict[str, Any] = {
         "format": 1,
@@ -268,23 +213,24 @@ def finetune(bag: str | Path, topic: str | None, init: str | Path, out: str | Pa
         "architecture": dict(ckpt["generator"]),
         "ratio": ratio,
         "patch_size": patch_size,
-        "init": {"path": str(init), "sha256": _sha256(init), "step": int(ckpt.get("step", 0))},
+        "init": {"path": str(init), "sha256": sha256_file(init),
+                 "step": int(ckpt.get("step", 0))},
         "data": {"bag": str(bag), "topic": topic or "(first PointCloud2 topic)",
-                 "frames": _frames_text(frames), "frames_used": data["frames"],
+                 "frames": frames_text(frames), "frames_used": data["frames"],
                  "every": every, "beam_stride": beam_stride, "scans": data["scans"],
                  "points": data["points"], "patches": data["patches"],
                  "min_distinct": min_distinct, "patches_dropped": data["patches_dropped"],
                  "patch_source": "sspu_ros.densify.densifier.densify_points with the node "
                                  "parameters",
-                 "node_parameters": {k: _plain(v) for k, v in params.items()}},
+                 "node_parameters": {k: plain(v) for k, v in params.items()}},
         "training": {"steps": int(trainer.step), "minutes_budget": minutes,
                      "steps_budget": steps, "wall_seconds": round(train_seconds, 2),
                      "loss_first": _first_logged_total(out / "log.csv"),
                      "loss_last": {k: v for k, v in last.items()
                                    if not k.startswith("t_") and k != "patches_per_s"},
-                     "config": {k: _plain(v) for k, v in cfg.items()}},
-        "command": shlex.join(list(command) if command is not None else sys.argv),
-        "machine": _machine(str(trainer.device)),
+                     "config": {k: plain(v) for k, v in cfg.items()}},
+        "command": command_text(command),
+        "machine": machine_info(str(trainer.device)),
         "created_unix": round(t_start, 3),
     }
     if export:
@@ -303,9 +249,7 @@ def finetune(bag: str | Path, topic: str | None, init: str | Path, out: str | Pa
         ex = export_checkpoint(out / CHECKPOINT, out / ONNX_NAME)
         manifest["onnx"] = {"path": ONNX_NAME, "max_abs_diff": float(ex["max_abs_diff"]),
                             "precision": ex.get("precision", "fp32")}
-    manifest["total_wall_seconds"] = round(time.time() - t_start, 2)
-    (out / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
-    return manifest
+    return write_manifest(out, manifest, t_start)
 
 
 def _first_logged_total(log: Path) -> float | None:
@@ -322,11 +266,3 @@ def _with_steps(cfg, n: int):
     from ..config import load_config
 
     return load_config(None, {**dict(cfg), "optim.steps": int(n)}, name="train")
-
-
-def _plain(v):
-    if isinstance(v, (np.generic,)):
-        return v.item()
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,10 +43,12 @@ from ..model.range_interpolator import (
     save_range_interpolator,
 )
 
-__all__ = ["MODES", "TrainConfig", "Task", "load_image", "load_scan_image", "make_tasks",
-           "self_tasks", "train", "trust_target"]
+__all__ = ["MODES", "SCHEDULES", "RangeTrainer", "Task", "TrainConfig", "load_image",
+           "load_scan_image", "make_tasks", "self_supervised_loss", "self_tasks", "train",
+           "trust_target"]
 
 MODES = ("self16", "self", "full64")
+SCHEDULES = ("cosine", "constant", "manual")
 
 N_BEAMS = 64
 KEEP_EVERY = 4
@@ -141,6 +144,13 @@ class TrainConfig:
     width: int = 2048
     out: str = "out/range_interp"
     model: dict = field(default_factory=dict)
+    #: "cosine" (to 0 at ``steps``), "constant", or "manual": lr × ``RangeTrainer.lr_scale``,
+    #: set by the caller between runs (fine-tuning to a time budget)
+    schedule: str = "cosine"
+    #: the emit threshold the checkpoints carry (fine-tuning keeps the init's)
+    threshold: float = 0.5
+    checkpoint_every: int = 250
+    log_every: int = 50
 
 
 def _batch(tasks: list[Task], rng: np.random.Generator, batch: int, crop: int, width: int):
@@ -188,68 +198,157 @@ def loss_terms(model: RangeInterpolator, kept: torch.Tensor, target: torch.Tenso
             "mae": torch.where(m, err, torch.zeros_like(err)).sum() / m.sum().clamp_min(1)}
 
 
+def self_supervised_loss(model: RangeInterpolator, images: list[np.ndarray], *,
+                         cap: float = 2.0) -> dict[str, float]:
+    """The self-supervision loss terms of ``model`` on whole images, deterministic (every
+    task of mode ``self`` of every (K, W) image, no crop, flip or scaling), averaged over
+    the tasks: a truth-free check of what a fine-tuning did on its own data."""
+    sums: dict[str, float] = {}
+    n = 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for img in images:
+            for task in make_tasks(img, "self"):
+                terms = loss_terms(model, torch.from_numpy(task.kept[None]),
+                                   torch.from_numpy(task.target[None]),
+                                   torch.tensor(task.t, dtype=torch.float32), cap,
+                                   task.spacing)
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                n += 1
+    model.train(was_training)
+    return {k: round(v / max(1, n), 5) for k, v in sums.items()}
+
+
+class RangeTrainer:
+    """The training loop of :func:`train`, resumable and run in chunks (``sspu finetune``
+    runs it to a wall-time budget).
+
+    Args:
+        cfg: the configuration (``cfg.scans`` are read unless ``images`` is given).
+        images: (K, W) float32 range images (NaN where empty) to train on instead of
+            ``cfg.scans``, e.g. the scans of a bag; ``trained_on`` then names them.
+        trained_on: what the checkpoint's ``trained_on`` records (default ``cfg.scans``).
+        meta: extra checkpoint metadata.
+
+    Starts from ``cfg.init`` (its architecture) or a new model, and resumes from
+    ``cfg.out``/``checkpoint.pt`` when it exists (weights, optimizer, schedule, step).
+    """
+
+    def __init__(self, cfg: TrainConfig, *, images: list[np.ndarray] | None = None,
+                 trained_on: list[str] | None = None, meta: dict | None = None,
+                 log=print) -> None:
+        if cfg.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+        torch.manual_seed(cfg.seed)
+        self.cfg, self.log = cfg, log
+        self.rng = np.random.default_rng(cfg.seed)
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if images is None:
+            images = [load_image(scan, cfg.width) for scan in cfg.scans]
+        self.tasks = [task for img in images for task in make_tasks(img, cfg.mode)]
+        if not self.tasks:
+            raise ValueError(f"no training tasks from {len(images)} scan(s) in mode {cfg.mode}")
+        if cfg.init:
+            self.model, _ = load_range_interpolator(cfg.init)  # its own architecture
+            self.model.train()
+        else:
+            self.model = RangeInterpolator(RangeInterpolatorConfig(**cfg.model))
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.lr_scale = 1.0
+        if cfg.schedule == "cosine":
+            def factor(s):
+                return 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps))
+        elif cfg.schedule == "manual":
+            def factor(s):
+                return self.lr_scale
+        else:
+            def factor(s):
+                return 1.0
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, factor)
+        self.step = 0
+        self.checkpoint = self.out / "checkpoint.pt"
+        if self.checkpoint.is_file():
+            ck = torch.load(str(self.checkpoint), weights_only=False)
+            self.model.load_state_dict(ck["model"])
+            self.opt.load_state_dict(ck["optimizer"])
+            self.sched.load_state_dict(ck["scheduler"])
+            self.step = int(ck["step"])
+            self.rng = np.random.default_rng(cfg.seed + self.step)
+            log(f"resumed at step {self.step}")
+        log(f"{len(self.tasks)} tasks from {len(images)} scans, mode {cfg.mode}, "
+            f"{count_parameters(self.model)} parameters")
+        self.meta = {"trained_on": list(trained_on) if trained_on is not None
+                     else [str(s) for s in cfg.scans], "mode": cfg.mode, "init": cfg.init,
+                     "train_config": {k: v for k, v in cfg.__dict__.items() if k != "scans"},
+                     **(meta or {})}
+        self._t0 = time.time()
+        self._acc: dict[str, float] = {}
+        self._acc_n = 0
+
+    def save(self) -> None:
+        """Write ``checkpoint.pt`` atomically (a temporary file renamed over it): a kill
+        mid-write leaves the previous checkpoint."""
+        tmp = self.checkpoint.with_name(f".{self.checkpoint.name}.tmp{os.getpid()}")
+        try:
+            save_range_interpolator(tmp, self.model, optimizer=self.opt.state_dict(),
+                                    scheduler=self.sched.state_dict(), step=self.step,
+                                    threshold=self.cfg.threshold, **self.meta)
+            os.replace(tmp, self.checkpoint)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def run(self, until: int) -> dict[str, float]:
+        """Train up to step ``until``; a checkpoint every ``cfg.checkpoint_every`` steps
+        and at the end, a ``log.jsonl`` record every ``cfg.log_every`` steps.
+
+        Returns:
+            the mean loss terms (``total``, ``l1``, ``ret``, ``trust``, ``mae``) over the
+            steps of this call (empty if none ran).
+        """
+        cfg = self.cfg
+        mean: dict[str, float] = {}
+        ran = 0
+        with (self.out / "log.jsonl").open("a") as logf:
+            while self.step < until:
+                self.model.train()
+                kept, target, t, spacing = _batch(self.tasks, self.rng, cfg.batch, cfg.crop,
+                                                  cfg.width)
+                terms = loss_terms(self.model, kept, target, t, cfg.cap, spacing,
+                                   cfg.trust_scale)
+                loss = terms["l1"] + cfg.w_return * terms["ret"] + cfg.w_trust * terms["trust"]
+                self.opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+                self.opt.step()
+                self.sched.step()
+                self.step += 1
+                ran += 1
+                values = {"total": float(loss.detach()),
+                          **{k: float(v.detach()) for k, v in terms.items()}}
+                for k, v in values.items():
+                    mean[k] = mean.get(k, 0.0) + v
+                    self._acc[k] = self._acc.get(k, 0.0) + v
+                self._acc_n += 1
+                if self.step % cfg.log_every == 0:
+                    rec = {"step": self.step, "s": round(time.time() - self._t0, 1),
+                           **{k: round(v / self._acc_n, 4) for k, v in self._acc.items()}}
+                    logf.write(json.dumps(rec) + "\n")
+                    logf.flush()
+                    self.log(json.dumps(rec))
+                    self._acc, self._acc_n = {}, 0
+                if self.step % cfg.checkpoint_every == 0:
+                    self.save()
+        if ran and self.step % cfg.checkpoint_every:
+            self.save()
+        return {k: v / ran for k, v in mean.items()}
+
+
 def train(cfg: TrainConfig, log=print) -> Path:
-    """Train and write ``cfg.out``/``checkpoint.pt`` (every 250 steps and at the end)
-    and ``log.jsonl``; resumes from an existing checkpoint.pt there."""
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tasks = []
-    for scan in cfg.scans:
-        tasks += make_tasks(load_image(scan, cfg.width), cfg.mode)
-    if not tasks:
-        raise ValueError(f"no training tasks from {len(cfg.scans)} scan(s) in mode {cfg.mode}")
-    if cfg.init:
-        model, _ = load_range_interpolator(cfg.init)  # its own architecture
-        model.train()
-    else:
-        model = RangeInterpolator(RangeInterpolatorConfig(**cfg.model))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
-    step = 0
-    ckpt_path = out / "checkpoint.pt"
-    if ckpt_path.is_file():
-        ck = torch.load(str(ckpt_path), weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        step = ck["step"]
-        rng = np.random.default_rng(cfg.seed + step)
-        log(f"resumed at step {step}")
-    log(f"{len(tasks)} tasks from {len(cfg.scans)} scans, mode {cfg.mode}, "
-        f"{count_parameters(model)} parameters")
-    meta = {"trained_on": [str(s) for s in cfg.scans], "mode": cfg.mode, "init": cfg.init,
-            "train_config": {k: v for k, v in cfg.__dict__.items() if k != "scans"}}
-
-    def save():
-        save_range_interpolator(ckpt_path, model, optimizer=opt.state_dict(),
-                                scheduler=sched.state_dict(), step=step, threshold=0.5, **meta)
-
-    t0 = time.time()
-    acc: dict[str, float] = {}
-    with (out / "log.jsonl").open("a") as logf:
-        while step < cfg.steps:
-            model.train()
-            kept, target, t, spacing = _batch(tasks, rng, cfg.batch, cfg.crop, cfg.width)
-            terms = loss_terms(model, kept, target, t, cfg.cap, spacing, cfg.trust_scale)
-            loss = terms["l1"] + cfg.w_return * terms["ret"] + cfg.w_trust * terms["trust"]
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            sched.step()
-            step += 1
-            for k, v in terms.items():
-                acc[k] = acc.get(k, 0.0) + float(v.detach())
-            if step % 50 == 0:
-                rec = {"step": step, "s": round(time.time() - t0, 1),
-                       **{k: round(v / 50, 4) for k, v in acc.items()}}
-                logf.write(json.dumps(rec) + "\n")
-                logf.flush()
-                log(json.dumps(rec))
-                acc = {}
-            if step % 250 == 0 or step == cfg.steps:
-                save()
-    return ckpt_path
+    """Train and write ``cfg.out``/``checkpoint.pt`` (every ``cfg.checkpoint_every`` steps
+    and at the end) and ``log.jsonl``; resumes from an existing checkpoint.pt there."""
+    trainer = RangeTrainer(cfg, log=log)
+    trainer.run(cfg.steps)
+    return trainer.checkpoint
