@@ -125,7 +125,7 @@ def test_bag_range_images_skip_structureless_scans(bag):
 
 
 def test_finetune_range_model_writes_outputs(bag, init, tmp_path, capsys):
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     out = tmp_path / "ft"
     rc = main(["finetune", "--bag", str(bag), "--topic", "/points", "--model", str(init),
                "--out", str(out), "--steps", "3", "--beam-stride", "2", "--columns",
@@ -167,16 +167,16 @@ def test_finetune_range_model_writes_outputs(bag, init, tmp_path, capsys):
     images, _ = bag_range_images(bag, "/points", beam_stride=2, columns=COLUMNS,
                                  progress=False)
     img = images[1]
-    valid = np.isfinite(img)
-    rng = np.where(valid, img, 0).astype(np.float32)[None]
-    t4 = np.array([0.25, 0.5, 0.75], np.float32)
-    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"range": rng, "valid": valid.astype(np.float32)[None], "t": t4})
-    with torch.inference_mode():
-        ref = model(torch.from_numpy(rng), torch.from_numpy(valid).float()[None],
-                    torch.from_numpy(t4))
-    for g, r in zip(got, ref, strict=True):
-        np.testing.assert_allclose(g, r.numpy(), atol=1e-3)
+    from sspu_ros.runtime.range_interpolation import (
+        LearnedBeamInterpolator,
+        OrtBeamInterpolator,
+    )
+
+    pred, prob = LearnedBeamInterpolator(model).predict(img)
+    o_pred, o_prob = OrtBeamInterpolator(out / "model.onnx").predict(img)
+    ok = np.isfinite(pred)
+    np.testing.assert_allclose(o_pred[ok], pred[ok], atol=1e-3)
+    np.testing.assert_allclose(o_prob, prob, atol=1e-4)
     meta = {p.key: p.value for p in __import__("onnx").load(str(out / "model.onnx"))
             .metadata_props}
     assert meta["sspu.kind"] == "sspu-range-interpolator/1" and float(meta["sspu.threshold"]) == 0.6

@@ -290,11 +290,9 @@ def finetune_range(bag: str | Path, topic: str | None, init: str | Path, out: st
     }
     if export:
         rows = data["rows"][0]
-        width = data["columns"][0]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            export_range_interpolator(model, out / ONNX_NAME, rows=rows, width=width,
-                                      threshold=threshold)
+            export_range_interpolator(model, out / ONNX_NAME, threshold=threshold)
         image = next(img for img in images if len(img) == rows)
         manifest["onnx"] = {"path": ONNX_NAME, "rows": rows,
                             "max_abs_diff": onnx_parity(model, out / ONNX_NAME, image)}
@@ -314,17 +312,13 @@ def _logged(log: Path, which: int) -> dict | None:
 
 
 def onnx_parity(model, path: Path, image: np.ndarray, ratio: int = 4) -> float:
-    """Largest |ONNX Runtime - PyTorch| over the range output (metres) and the two logits
-    on one (K, W) range image (NaN where empty)."""
-    import onnxruntime as ort
-    import torch
+    """Largest |ONNX Runtime - PyTorch| of the predicted range (metres) and the emit
+    probability over every virtual pixel of one (K, W) range image (NaN where empty): the
+    export runs on gathered pixel windows, PyTorch on the whole image."""
+    from ..runtime.range_interpolation import LearnedBeamInterpolator, OrtBeamInterpolator
 
-    valid = np.isfinite(image)
-    rng = np.where(valid, image, 0.0).astype(np.float32)[None]
-    val = valid.astype(np.float32)[None]
-    t = (np.arange(1, ratio, dtype=np.float32) / ratio)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"range": rng, "valid": val, "t": t})
-    with torch.inference_mode():
-        ref = model.eval()(torch.from_numpy(rng), torch.from_numpy(val), torch.from_numpy(t))
-    return max(float(np.abs(g - r.numpy()).max()) for g, r in zip(got, ref, strict=True))
+    pred, prob = LearnedBeamInterpolator(model, ratio=ratio).predict(image)
+    o_pred, o_prob = OrtBeamInterpolator(path, ratio=ratio).predict(image)
+    ok = np.isfinite(pred) & np.isfinite(o_pred)
+    return max(float(np.abs(o_pred - pred)[ok].max(initial=0.0)),
+               float(np.abs(o_prob - prob).max(initial=0.0)))
