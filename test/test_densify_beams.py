@@ -190,3 +190,26 @@ def test_shipped_model_fills_between_the_rings_of_a_simulated_scan():
     after, _ = nearest_neighbors(np.concatenate([sparse.xyz, res.generated]).astype(
         np.float64), dropped, k=1)
     assert np.median(after) < 0.8 * np.median(before)
+
+
+def test_objects_mode_connects_the_rings_of_a_far_object_on_a_sparse_scan():
+    from sspu_ros.densify.densifier import _ring_scale, _select_groups
+    from sspu_ros.geometry.scan_structure import ScanStructure
+
+    def structure(gap_deg, n=16):
+        elev = -gap_deg * np.arange(n)
+        return ScanStructure(np.zeros(1, np.int64), elev, np.zeros(n), 2048, "test")
+
+    assert _ring_scale(structure(0.42)) == pytest.approx(0.4 / 0.42)  # 64-beam KITTI
+    assert _ring_scale(structure(1.8)) == 0.25  # 16 beams: clipped at 1/4
+    assert _ring_scale(structure(0.2)) == 1.0
+    # a car-sized object at 35 m seen by two rings 0.9 m apart (16 beams), ground at -1.7
+    y = np.linspace(-1.0, 1.0, 40)
+    car = np.concatenate([np.c_[np.full(40, 35.0), y, np.full(40, z)] for z in (-1.2, -0.3)])
+    params = load_config(None, {"mode": "objects"})
+    plane = np.array([0.0, 0.0, -1.7])
+    _, _, _, counts, groups = _select_groups(car.astype(np.float32), params, plane)
+    assert groups.size == 0  # each ring alone is too flat to be an object
+    _, _, _, counts, groups = _select_groups(car.astype(np.float32), params, plane,
+                                             vertical_scale=0.25)
+    assert groups.size == 1 and counts[groups[0]] == 80

@@ -238,13 +238,19 @@ def _build_patches(xyz: np.ndarray, order: np.ndarray, start: np.ndarray, counts
     return _Patches(idx[keep_rows][order_rows], rank[keep_rows][order_rows], per_group[kept])
 
 
-def _select_groups(cxyz: np.ndarray, params: Mapping[str, Any], plane: np.ndarray | None):
+def _select_groups(cxyz: np.ndarray, params: Mapping[str, Any], plane: np.ndarray | None,
+                   vertical_scale: float = 1.0):
     """Cluster the candidate points and pick the clusters to densify, nearest first.
+
+    ``vertical_scale`` < 1 shrinks z for the connectivity only (the size filters see the
+    real points): points further apart vertically still connect, as the rings of one
+    object are on a sparse multi-beam scan.
 
     Returns K, the cluster order (n,) (candidate indices sorted by cluster), each
     cluster's start (K,) and count (K,) in it, and the eligible cluster ids (priority
     order)."""
-    labels, k = cluster_points(cxyz, float(params["cluster.tolerance"]))
+    connect = cxyz if vertical_scale == 1.0 else cxyz * np.float32([1, 1, vertical_scale])
+    labels, k = cluster_points(connect, float(params["cluster.tolerance"]))
     stats = cluster_boxes(cxyz, labels, k)
     min_points = int(params["patches.min_cluster_points"])
     if params["mode"] == "objects":
@@ -367,6 +373,16 @@ def densify_points(xyz: np.ndarray, upsampler: Upsampler, params: Mapping[str, A
     return result
 
 
+def _ring_scale(structure) -> float:
+    """Vertical connectivity scale for a scan's beams: the clusters' tolerance was set for
+    64-beam KITTI (rings ~0.4 deg apart); sparser beams (median gap g deg) connect across
+    g / 0.4 times the distance vertically (at most 1/4 of the scale)."""
+    gaps = -np.diff(structure.elevation_deg)
+    if gaps.size == 0:
+        return 1.0
+    return float(np.clip(0.4 / max(float(np.median(gaps)), 1e-6), 0.25, 1.0))
+
+
 def _densify_beams(xyz: np.ndarray, interp, params: Mapping[str, Any],
                    hints: ScanHints | None) -> DensifyResult:
     """The LiDAR-native path (:mod:`sspu_ros.densify.beams`). Selection by ``mode``:
@@ -393,7 +409,8 @@ def _densify_beams(xyz: np.ndarray, interp, params: Mapping[str, Any],
         cand = reg["cand"]
         sel = np.zeros(0, np.int64)
         if cand.size:
-            k, order, start, counts, groups = _select_groups(pts[cand], params, reg["plane"])
+            k, order, start, counts, groups = _select_groups(
+                pts[cand], params, reg["plane"], vertical_scale=_ring_scale(structure))
             cluster_of = np.repeat(np.arange(k), counts)  # cluster of each entry of order
             sel = np.sort(cand[order[np.isin(cluster_of, groups)]])
             counts_kw.update(n_clusters=k, n_candidates=int(groups.size),
