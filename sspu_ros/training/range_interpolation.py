@@ -13,6 +13,9 @@ resolution (a 16-beam bag's scans, :func:`self_tasks`): no 64-beam data at all.
 ``mode="full64"`` (a *supervised* reference, to be labelled as such): input the 16-beam
 image (every phase of every 4th ring), targets the 3 dropped 64-beam rows per gap.
 
+``extra_scans`` / ``extra_mode``: a second set of images trained jointly in its own mode
+(e.g. simulated 64-beam scans in ``full64`` beside real 16-beam scans in ``self16``).
+
 Losses per virtual pixel whose target row holds a return: L1 on the range (metres, each
 pixel capped at ``cap`` = 2 metres), BCE of the return logit against "the target pixel holds a
 return" (every pixel with at least one valid neighbour), BCE of the trust logit against
@@ -42,8 +45,8 @@ from ..model.range_interpolator import (
     save_range_interpolator,
 )
 
-__all__ = ["MODES", "TrainConfig", "Task", "load_image", "load_scan_image", "make_tasks",
-           "self_tasks", "train", "trust_target"]
+__all__ = ["MODES", "TrainConfig", "Task", "build_tasks", "load_image", "load_scan_image",
+           "make_tasks", "self_tasks", "train", "trust_target"]
 
 MODES = ("self16", "self", "full64")
 
@@ -129,6 +132,8 @@ class TrainConfig:
     scans: list[str] = field(default_factory=list)  # KITTI .bin or .npy range images
     mode: str = "self16"
     init: str | None = None  # start from this checkpoint's weights (fine-tuning)
+    extra_scans: list[str] = field(default_factory=list)  # a second set, trained jointly
+    extra_mode: str = "full64"  # its mode (e.g. simulated 64-beam images, supervised)
     steps: int = 3000
     batch: int = 8
     crop: int = 512
@@ -188,6 +193,17 @@ def loss_terms(model: RangeInterpolator, kept: torch.Tensor, target: torch.Tenso
             "mae": torch.where(m, err, torch.zeros_like(err)).sum() / m.sum().clamp_min(1)}
 
 
+def build_tasks(cfg: TrainConfig) -> list[Task]:
+    """The tasks of ``cfg.scans`` in ``cfg.mode`` followed by those of ``cfg.extra_scans``
+    in ``cfg.extra_mode``. Batches draw one task shape (kept rows, targets, spacing) at
+    random per step, so the two sets share the steps by shape, not by count."""
+    tasks = []
+    for scans, mode in ((cfg.scans, cfg.mode), (cfg.extra_scans, cfg.extra_mode)):
+        for scan in scans:
+            tasks += make_tasks(load_image(scan, cfg.width), mode)
+    return tasks
+
+
 def train(cfg: TrainConfig, log=print) -> Path:
     """Train and write ``cfg.out``/``checkpoint.pt`` (every 250 steps and at the end)
     and ``log.jsonl``; resumes from an existing checkpoint.pt there."""
@@ -195,9 +211,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
     rng = np.random.default_rng(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = []
-    for scan in cfg.scans:
-        tasks += make_tasks(load_image(scan, cfg.width), cfg.mode)
+    tasks = build_tasks(cfg)
     if not tasks:
         raise ValueError(f"no training tasks from {len(cfg.scans)} scan(s) in mode {cfg.mode}")
     if cfg.init:
@@ -218,7 +232,9 @@ def train(cfg: TrainConfig, log=print) -> Path:
         step = ck["step"]
         rng = np.random.default_rng(cfg.seed + step)
         log(f"resumed at step {step}")
-    log(f"{len(tasks)} tasks from {len(cfg.scans)} scans, mode {cfg.mode}, "
+    extra = (f" + {len(cfg.extra_scans)} in mode {cfg.extra_mode}" if cfg.extra_scans
+             else "")
+    log(f"{len(tasks)} tasks from {len(cfg.scans)} scans, mode {cfg.mode}{extra}, "
         f"{count_parameters(model)} parameters")
     meta = {"trained_on": [str(s) for s in cfg.scans], "mode": cfg.mode, "init": cfg.init,
             "train_config": {k: v for k, v in cfg.__dict__.items() if k != "scans"}}
