@@ -29,6 +29,11 @@ def main() -> int:
                    help="self16: KITTI 64-beam scans thinned to 16 beams, self-supervised; "
                    "self: the images as they are (a 16-beam sensor's), self-supervised; "
                    "full64: supervised 64-beam targets (a labelled reference)")
+    p.add_argument("--extra-scans", nargs="*", default=[],
+                   help="a second set of scans / .npy images trained jointly (e.g. simulated "
+                   "64-beam images)")
+    p.add_argument("--extra-mode", choices=list(MODES), default="full64",
+                   help="mode of --extra-scans")
     p.add_argument("--init", help="start from this range-interpolator checkpoint")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=8)
@@ -53,7 +58,8 @@ def main() -> int:
     scans = a.scans or [str(s) for s in sorted(RAW.glob("*.bin"))[:5]]
     if not scans:
         p.error(f"no scans given and none found under {RAW}")
-    cfg = TrainConfig(scans=scans, mode=a.mode, init=a.init, steps=a.steps, batch=a.batch,
+    cfg = TrainConfig(scans=scans, mode=a.mode, init=a.init, extra_scans=a.extra_scans,
+                      extra_mode=a.extra_mode, steps=a.steps, batch=a.batch,
                       crop=a.crop,
                       lr=a.lr, seed=a.seed, out=a.out, cap=a.cap,
                       trust_scale=a.trust_scale,

@@ -130,3 +130,20 @@ def test_vehicle_scene_from_the_dev_meshes():
     r = np.array([np.linalg.norm(np.ptp(o.vertices[:, :2], axis=0)) / 2 for o in scene.objects])
     gap = np.linalg.norm(xy[:, None] - xy[None], axis=-1) - r[:, None] - r[None]
     assert (gap[~np.eye(len(r), dtype=bool)] > 0).all()
+
+
+def test_explicit_uneven_elevations_replace_the_even_table():
+    v, f = box_mesh((2.0, 1.5, 1.8))
+    scene = Scene([SceneObject("box", v, f, np.array([8.0, 1.0, -1.73]), 0.2)])
+    even = simulate_scan(scene, range_noise=0.0, **COARSE)
+    same = simulate_scan(scene, range_noise=0.0, elevations_deg=hdl64_elevations(), **COARSE)
+    np.testing.assert_array_equal(even.xyz, same.xyz)
+    table = np.array([1.0, -3.0, -4.0, -10.0, -20.0])  # uneven, top first
+    scan = simulate_scan(Scene([]), range_noise=0.0, elevations_deg=table, **COARSE)
+    assert scan.ring.max() == 4 and len(scan) == 4 * 360  # beam 0 looks up: no ground
+    el = np.degrees(np.arctan2(scan.xyz[:, 2], np.hypot(scan.xyz[:, 0], scan.xyz[:, 1])))
+    np.testing.assert_allclose(el, table[scan.ring], atol=1e-5)  # float32 xyz
+    r = np.linalg.norm(scan.xyz, axis=1)
+    np.testing.assert_allclose(r, 1.73 / np.sin(np.radians(-table[scan.ring])), rtol=1e-6)
+    with pytest.raises(ValueError, match="decreasing"):
+        simulate_scan(Scene([]), elevations_deg=[-1.0, 0.0])

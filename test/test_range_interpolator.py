@@ -29,6 +29,7 @@ from sspu_ros.model.range_interpolator import (
 from sspu_ros.runtime.range_interpolation import LearnedBeamInterpolator, OrtBeamInterpolator
 from sspu_ros.training.range_interpolation import (
     TrainConfig,
+    build_tasks,
     load_image,
     loss_terms,
     make_tasks,
@@ -375,3 +376,22 @@ def test_shipped_onnx_matches_pytorch_on_a_real_kitti_scan():
     # float32 round-off: <= 1e-4 m per 10 m of range (measured 2.4e-4 m at 50+ m)
     assert (np.abs(o_pred - pred)[ok] / np.maximum(pred[ok], 10.0)).max() <= 1e-5
     assert np.abs(o_prob - prob).max() <= 1e-4
+
+
+def test_joint_tasks_from_a_second_set_in_its_own_mode(tmp_path):
+    img64 = np.arange(64 * 8, dtype=np.float32).reshape(64, 8)
+    img16 = img64[::4].copy()
+    np.save(tmp_path / "sim64.npy", img64)
+    np.save(tmp_path / "real16.npy", img16)
+    cfg = TrainConfig(scans=[str(tmp_path / "real16.npy")], mode="self",
+                      extra_scans=[str(tmp_path / "sim64.npy")], extra_mode="full64")
+    tasks = build_tasks(cfg)
+    own, extra = make_tasks(img16, "self"), make_tasks(img64, "full64")
+    assert len(tasks) == len(own) + len(extra) == 6 + 4
+    for a, b in zip(tasks, own + extra, strict=True):
+        np.testing.assert_array_equal(a.kept, b.kept)
+        np.testing.assert_array_equal(a.target, b.target)
+        assert a.spacing == b.spacing
+    # full64 tasks: spacing 1, phase 1 keeps rows 1, 5, ..; targets rows 2, 3, 4 of gap 0
+    assert [t.spacing for t in tasks[6:]] == [1.0] * 4
+    np.testing.assert_array_equal(tasks[7].target[:, 0, 0], img64[[2, 3, 4], 0])

@@ -374,7 +374,8 @@ class SimScan:
 def simulate_scan(scene: Scene, *, beams: int = 64, top_deg: float = 2.0,
                   bottom_deg: float = -24.8, azimuth_step_deg: float = 0.18,
                   range_noise: float = 0.02, max_range: float = 120.0,
-                  min_range: float = 0.9, dropout: float = 0.0, seed: int = 0) -> SimScan:
+                  min_range: float = 0.9, dropout: float = 0.0, seed: int = 0,
+                  elevations_deg: np.ndarray | None = None) -> SimScan:
     """Ray-cast one revolution of a spinning multi-beam LiDAR at the origin.
 
     Args:
@@ -385,6 +386,8 @@ def simulate_scan(scene: Scene, *, beams: int = 64, top_deg: float = 2.0,
         max_range, min_range: returns outside these ranges are dropped.
         dropout: probability that a return is lost.
         seed: seed of the noise and dropouts.
+        elevations_deg: (B,) explicit beam elevations, degrees, top beam first (e.g. a
+            real sensor's uneven table); overrides ``beams`` / ``top_deg`` / ``bottom_deg``.
 
     Returns:
         the returns ring by ring, azimuth increasing from the front (KITTI order).
@@ -393,7 +396,12 @@ def simulate_scan(scene: Scene, *, beams: int = 64, top_deg: float = 2.0,
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if azimuth_step_deg <= 0 or range_noise < 0 or max_range <= min_range:
         raise ValueError("need azimuth_step_deg > 0, range_noise >= 0, max_range > min_range")
-    elev = hdl64_elevations(beams, top_deg, bottom_deg)
+    if elevations_deg is None:
+        elev = hdl64_elevations(beams, top_deg, bottom_deg)
+    else:
+        elev = np.asarray(elevations_deg, np.float64).reshape(-1)
+        if elev.size < 1 or np.any(np.diff(elev) >= 0):
+            raise ValueError("elevations_deg must be strictly decreasing (top beam first)")
     n_cols = int(round(360.0 / azimuth_step_deg))
     step = 2 * np.pi / n_cols
     az = np.arange(n_cols) * step

@@ -13,6 +13,9 @@ resolution (a 16-beam bag's scans, :func:`self_tasks`): no 64-beam data at all.
 ``mode="full64"`` (a *supervised* reference, to be labelled as such): input the 16-beam
 image (every phase of every 4th ring), targets the 3 dropped 64-beam rows per gap.
 
+``extra_scans`` / ``extra_mode``: a second set of images trained jointly in its own mode
+(e.g. simulated 64-beam scans in ``full64`` beside real 16-beam scans in ``self16``).
+
 Losses per virtual pixel whose target row holds a return: L1 on the range (metres, each
 pixel capped at ``cap`` = 2 metres), BCE of the return logit against "the target pixel holds a
 return" (every pixel with at least one valid neighbour), BCE of the trust logit against
@@ -43,7 +46,8 @@ from ..model.range_interpolator import (
     save_range_interpolator,
 )
 
-__all__ = ["MODES", "SCHEDULES", "RangeTrainer", "Task", "TrainConfig", "load_image",
+__all__ = ["MODES", "SCHEDULES", "RangeTrainer", "Task", "TrainConfig", "build_tasks",
+           "load_image",
            "load_scan_image", "make_tasks", "self_supervised_loss", "self_tasks", "train",
            "trust_target"]
 
@@ -132,6 +136,8 @@ class TrainConfig:
     scans: list[str] = field(default_factory=list)  # KITTI .bin or .npy range images
     mode: str = "self16"
     init: str | None = None  # start from this checkpoint's weights (fine-tuning)
+    extra_scans: list[str] = field(default_factory=list)  # a second set, trained jointly
+    extra_mode: str = "full64"  # its mode (e.g. simulated 64-beam images, supervised)
     steps: int = 3000
     batch: int = 8
     crop: int = 512
@@ -198,6 +204,17 @@ def loss_terms(model: RangeInterpolator, kept: torch.Tensor, target: torch.Tenso
             "mae": torch.where(m, err, torch.zeros_like(err)).sum() / m.sum().clamp_min(1)}
 
 
+def build_tasks(cfg: TrainConfig) -> list[Task]:
+    """The tasks of ``cfg.scans`` in ``cfg.mode`` followed by those of ``cfg.extra_scans``
+    in ``cfg.extra_mode``. Batches draw one task shape (kept rows, targets, spacing) at
+    random per step, so the two sets share the steps by shape, not by count."""
+    tasks = []
+    for scans, mode in ((cfg.scans, cfg.mode), (cfg.extra_scans, cfg.extra_mode)):
+        for scan in scans:
+            tasks += make_tasks(load_image(scan, cfg.width), mode)
+    return tasks
+
+
 def self_supervised_loss(model: RangeInterpolator, images: list[np.ndarray], *,
                          cap: float = 2.0) -> dict[str, float]:
     """The self-supervision loss terms of ``model`` on whole images, deterministic (every
@@ -247,10 +264,13 @@ class RangeTrainer:
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         if images is None:
-            images = [load_image(scan, cfg.width) for scan in cfg.scans]
-        self.tasks = [task for img in images for task in make_tasks(img, cfg.mode)]
+            self.tasks = build_tasks(cfg)
+            n_images = len(cfg.scans) + len(cfg.extra_scans)
+        else:
+            self.tasks = [task for img in images for task in make_tasks(img, cfg.mode)]
+            n_images = len(images)
         if not self.tasks:
-            raise ValueError(f"no training tasks from {len(images)} scan(s) in mode {cfg.mode}")
+            raise ValueError(f"no training tasks from {n_images} scan(s) in mode {cfg.mode}")
         if cfg.init:
             self.model, _ = load_range_interpolator(cfg.init)  # its own architecture
             self.model.train()
@@ -278,7 +298,9 @@ class RangeTrainer:
             self.step = int(ck["step"])
             self.rng = np.random.default_rng(cfg.seed + self.step)
             log(f"resumed at step {self.step}")
-        log(f"{len(self.tasks)} tasks from {len(images)} scans, mode {cfg.mode}, "
+        extra = (f" + {len(cfg.extra_scans)} in mode {cfg.extra_mode}"
+                 if images is None and cfg.extra_scans else "")
+        log(f"{len(self.tasks)} tasks from {n_images} scans, mode {cfg.mode}{extra}, "
             f"{count_parameters(self.model)} parameters")
         self.meta = {"trained_on": list(trained_on) if trained_on is not None
                      else [str(s) for s in cfg.scans], "mode": cfg.mode, "init": cfg.init,
