@@ -107,7 +107,8 @@ def test_lidar_sim_scores_a_beam_model_through_the_densifier():
     rings; a row per mode, with generated object points, beside the baselines."""
     if not (DATA / "meshes" / "vehicles_scene").is_dir():
         pytest.skip(f"vehicle meshes not found under {DATA / 'meshes'}")
-    r = run_lidar_sim(DATA, ["sspu_lidar_x4", "range:sspu_lidar_x4@0.65+veto"], scans=1,
+    r = run_lidar_sim(DATA, ["sspu_lidar_x4", "range:sspu_lidar_x4@0.65+veto",
+                             "range:sspu_lidar_x4@0.65"], scans=1,
                       seed=0)
     m = r["methods"]
     assert list(m)[:3] == [INPUT, MIDPOINTS, RANGE_INTERP]
@@ -124,7 +125,9 @@ def test_lidar_sim_scores_a_beam_model_through_the_densifier():
     assert full["beams"]["mode"] == "full" and full["beams"]["ground_points"] > 0
     assert m["sspu_lidar_x4 (objects)"]["beams"]["mode"] == "objects"
     # the same model and threshold with the bridge veto: a subset of the points
-    assert m["range:sspu_lidar_x4@0.65+veto (full)"]["points"] <= full["points"]
+    veto, plain = m["range:sspu_lidar_x4@0.65+veto (full)"], m["range:sspu_lidar_x4@0.65 (full)"]
+    assert veto["beams"]["generated"] < plain["beams"]["generated"]
+    assert veto["p2f_mean"] < plain["p2f_mean"]  # the vetoed points were the far-off ones
     table = format_lidar_sim(r)
     assert "sspu_lidar_x4 (full)" in table and "points generated" in table
 

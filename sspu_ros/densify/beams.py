@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..geometry.beams import points_on_cones
-from ..geometry.range_window import bridge_mask
+from ..geometry.range_window import bridge_mask, smooth_steps
 from ..geometry.scan_structure import ScanStructure, beam_field, scan_structure
 
 __all__ = ["ScanHints", "densify_beams", "structure_of"]
@@ -127,15 +127,21 @@ def densify_beams(xyz: np.ndarray, structure: ScanStructure, interp, selected: n
     if uj.size == 0:
         return empty
     pred, prob = interp.predict_pixels(image.range, uj, col)  # (T, P): wanted pixels only
-    thr = interp.threshold if threshold is None else float(threshold)
+    veto = getattr(interp, "veto_bridges", False) if veto_bridges is None else veto_bridges
+    if threshold is not None:
+        thr = float(threshold)
+    elif hasattr(interp, "emit_threshold"):
+        thr = interp.emit_threshold(bool(veto))
+    else:
+        thr = interp.threshold
     want = prob > thr
     n_veto = 0
-    veto = getattr(interp, "veto_bridges", False) if veto_bridges is None else veto_bridges
     if veto:
         w = image.range.shape[1]
         around = np.stack([image.range[uj + d, (col + s) % w]
                            for d in (0, 1) for s in (-1, 0, 1)])  # (6, P)
         bridge = bridge_mask(around[:, None, :], pred)  # (T, P)
+        bridge &= ~smooth_steps(image.range, uj, col)[None]  # a plane's far steps: no edge
         n_veto = int((want & bridge).sum())
         want &= ~bridge
     tj, pj = np.nonzero(want)

@@ -214,13 +214,13 @@ def _load_beam_models(models: list[str], modes: tuple[str, ...],
     from ..config import load_config
     from ..runtime.loading import load_upsampler
 
-    nets = {m: load_upsampler(m, RATIO, config=load_config(None, {"model": m}))
-            for m in models}
-    nets.update(_load_range_models(list(ranged)))
-    # the densifier's lidar.veto_bridges overrides the interpolator's own (+veto)
-    return {f"{name} ({mode})": (net, load_config(None, {
-                "mode": mode, "lidar.veto_bridges": bool(net.veto_bridges)}))
-            for name, net in nets.items() for mode in modes}
+    nets = {m: (load_upsampler(m, RATIO, config=load_config(None, {"model": m})), {})
+            for m in models}  # the node's defaults, lidar.veto_bridges included
+    # range: specs say their veto (+veto); the densifier's lidar.veto_bridges decides
+    nets.update({name: (net, {"lidar.veto_bridges": bool(net.veto_bridges)})
+                 for name, net in _load_range_models(list(ranged)).items()})
+    return {f"{name} ({mode})": (net, load_config(None, {"mode": mode, **extra}))
+            for name, (net, extra) in nets.items() for mode in modes}
 
 
 def _densify_with_rings(xyz: np.ndarray, rings: np.ndarray, interp, params):

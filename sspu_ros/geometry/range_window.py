@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "bridge_mask",
+    "smooth_steps",
     "gather_pixel_windows",
     "gather_windows",
     "gap_rows",
@@ -178,3 +179,34 @@ def bridge_mask(neighbours: np.ndarray, pred: np.ndarray, *, min_jump: float = 1
         tol = np.maximum(abs_tol, rel_tol * pred)
         on_surface = (np.abs(neighbours - pred[None]) <= tol[None]).any(axis=0)
     return edge & ~on_surface
+
+
+def smooth_steps(ranges: np.ndarray, gap: np.ndarray, col: np.ndarray, *,
+                 tolerance: float = 0.5) -> np.ndarray:
+    """Gaps that are a smooth surface, not a depth edge: in the pixel's column and the two
+    beside it, the step of 1/r from row u to u+1 agrees with the steps just above (u-1 to
+    u) and below (u+1 to u+2) within ``tolerance`` times its size. 1/r is nearly linear
+    down the beams of a plane (ground, a wall seen at a slant), so its far, large range
+    jumps between sparse beams are not edges; at a car in front of a wall the step stands
+    alone.
+
+    Args:
+        ranges: (K, W) real beams' ranges, NaN where empty; gap, col: (P,) gap pixels.
+
+    Returns:
+        (P,) bool; False where a row of the four is missing or beyond the image.
+    """
+    k, w = ranges.shape
+    rows = np.asarray(gap)[None, :] + np.arange(-1, 3)[:, None]  # (4, P)
+    inside = (rows >= 0) & (rows < k)
+    ok = np.ones(rows.shape[1], dtype=bool)
+    for dc in (-1, 0, 1):  # the bridge test's columns c-1..c+1: all of them smooth
+        cols = np.mod(np.asarray(col) + dc, w)[None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = np.where(inside, 1.0 / ranges[np.clip(rows, 0, k - 1), cols], np.nan)
+            step = np.diff(inv, axis=0)  # (3, P): above, the gap's own, below
+            own = np.abs(step[1])
+            ok &= (np.abs(step[0] - step[1]) <= tolerance * own) & \
+                (np.abs(step[2] - step[1]) <= tolerance * own)
+        ok &= np.isfinite(step).all(axis=0)
+    return ok

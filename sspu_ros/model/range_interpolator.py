@@ -244,7 +244,8 @@ ONNX_KIND_KEY = "sspu.kind"
 
 def export_range_interpolator(model: RangeInterpolator, path, *, pixels: int = 4096,
                               ratio: int = 4, opset: int = 17,
-                              threshold: float = 0.5) -> None:
+                              threshold: float = 0.5,
+                              threshold_no_veto: float | None = None) -> None:
     """Export to ONNX on gathered windows (the gather is numpy,
     :func:`~sspu_ros.geometry.range_window.gather_pixel_windows`, so the graph is 1x1
     convolutions and elementwise maths only: TensorRT-friendly, one dynamic axis).
@@ -252,7 +253,8 @@ def export_range_interpolator(model: RangeInterpolator, path, *, pixels: int = 4
     Inputs ``window_range`` and ``window_valid`` (1, N, 1, P) float32 (N = window pixels,
     P = gap pixels, dynamic), ``t`` (r-1,) float32; outputs ``range_out``,
     ``return_logit``, ``trust_logit`` (1, r-1, 1, P). Metadata: ``sspu.kind``
-    (:data:`FORMAT`), ``sspu.ratio``, ``sspu.threshold`` (the emit threshold),
+    (:data:`FORMAT`), ``sspu.ratio``, ``sspu.threshold`` (the emit threshold with the
+    bridge veto on), ``sspu.threshold_no_veto`` (without it),
     ``sspu.config`` (JSON: window size ...)."""
     model = _Deployed(model.eval())  # spacing fixed to 1 (a constant, not an input)
     n = model.model.n_neighbors
@@ -274,6 +276,8 @@ def export_range_interpolator(model: RangeInterpolator, path, *, pixels: int = 4
     proto = onnx.load(str(path))
     for key, value in ((ONNX_KIND_KEY, FORMAT), ("sspu.ratio", str(ratio)),
                        ("sspu.threshold", repr(float(threshold))),
+                       ("sspu.threshold_no_veto", repr(float(
+                           threshold if threshold_no_veto is None else threshold_no_veto))),
                        ("sspu.config", json.dumps(model.model.config.to_dict()))):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

@@ -30,6 +30,7 @@ from ..geometry.range_window import (
     bridge_mask,
     gap_rows,
     gather_pixel_windows,
+    smooth_steps,
     virtual_azimuth,
 )
 from ..model.range_interpolator import (
@@ -76,7 +77,9 @@ class BeamInterpolatorBase:
     Attributes:
         kind: ``"beams"`` (patch upsamplers have none, or ``"patches"``).
         ratio: r: r-1 virtual beams per gap, at t = j/r.
-        threshold: emit threshold on the probability.
+        threshold: emit threshold on the probability, chosen with the bridge veto on;
+        threshold_no_veto: the one chosen without it (checkpoints may carry both:
+            :meth:`emit_threshold` picks by the veto setting).
         half_width: context columns needed on each side of a column (the window).
         veto_bridges: also drop points that bridge a discontinuity (see :func:`_bridges`).
         fallback: the patch upsampler for scans without a beam structure (set by the
@@ -89,12 +92,19 @@ class BeamInterpolatorBase:
     fallback = None
 
     def _init_common(self, name: str, ratio: int | None, threshold: float,
-                     half_width: int, veto_bridges: bool) -> None:
+                     half_width: int, veto_bridges: bool,
+                     threshold_no_veto: float | None = None) -> None:
         ratio = DEFAULT_RATIO if ratio is None else int(ratio)
         if ratio < 2:
             raise ModelError(f"a beam interpolator needs ratio >= 2, got {ratio}")
         self.name, self.ratio, self.threshold = name, ratio, float(threshold)
+        self.threshold_no_veto = float(threshold if threshold_no_veto is None
+                                       else threshold_no_veto)
         self.half_width, self.veto_bridges = int(half_width), bool(veto_bridges)
+
+    def emit_threshold(self, veto: bool) -> float:
+        """The model's own emit threshold for this veto setting."""
+        return self.threshold if veto else self.threshold_no_veto
 
     @property
     def fractions(self) -> np.ndarray:
@@ -145,11 +155,13 @@ class LearnedBeamInterpolator(BeamInterpolatorBase):
 
     def __init__(self, model: RangeInterpolator, *, threshold: float = 0.5,
                  name: str = "learned range interp", veto_bridges: bool = False,
-                 ratio: int | None = None, device: str = "cpu") -> None:
+                 ratio: int | None = None, device: str = "cpu",
+                 threshold_no_veto: float | None = None) -> None:
         self.device = device
         self.model = model.eval().to(device)
         self.rows_each_side = model.config.rows_each_side
-        self._init_common(name, ratio, threshold, model.config.half_width, veto_bridges)
+        self._init_common(name, ratio, threshold, model.config.half_width, veto_bridges,
+                          threshold_no_veto)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, threshold: float | None = None,
@@ -158,8 +170,10 @@ class LearnedBeamInterpolator(BeamInterpolatorBase):
                         ) -> LearnedBeamInterpolator:
         model, ckpt = load_range_interpolator(path)
         thr = ckpt.get("threshold", 0.5) if threshold is None else threshold
+        no_veto = ckpt.get("threshold_no_veto") if threshold is None else threshold
         return cls(model, threshold=thr, name=name or f"learned:{Path(path).stem}",
-                   veto_bridges=veto_bridges, ratio=ratio, device=device)
+                   veto_bridges=veto_bridges, ratio=ratio, device=device,
+                   threshold_no_veto=no_veto)
 
     def predict(self, ranges: np.ndarray, ratio: int | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
@@ -210,7 +224,7 @@ class LearnedBeamInterpolator(BeamInterpolatorBase):
         pred = pred.transpose(1, 0, 2).reshape(-1, width)
         prob = prob.transpose(1, 0, 2).reshape(-1, width)
         az = az.transpose(1, 0, 2).reshape(-1, width)
-        thr = self.threshold if threshold is None else threshold
+        thr = self.emit_threshold(self.veto_bridges) if threshold is None else threshold
         emit = prob > thr
         if self.veto_bridges:
             emit &= ~_bridges(sparse.range, pred, u, width)
@@ -233,7 +247,9 @@ def _bridges(kept: np.ndarray, pred: np.ndarray, gap: np.ndarray, width: int) ->
             virtual rows; gap: (J,) gap index of each virtual row.
     """
     rows = np.stack([np.roll(kept[gap + d], s, axis=1) for d in (0, 1) for s in (-1, 0, 1)])
-    return bridge_mask(rows, pred)
+    width_cols = np.arange(width)
+    smooth = np.stack([smooth_steps(kept, np.full(width, g), width_cols) for g in gap])
+    return bridge_mask(rows, pred) & ~smooth
 
 class OrtBeamInterpolator(BeamInterpolatorBase):
     """The ONNX export (:func:`~sspu_ros.model.range_interpolator.export_range_interpolator`)
@@ -266,9 +282,10 @@ class OrtBeamInterpolator(BeamInterpolatorBase):
         self.providers = list(self.session.get_providers())
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         thr = float(meta.get("sspu.threshold", 0.5)) if threshold is None else threshold
+        no_veto = meta.get("sspu.threshold_no_veto") if threshold is None else threshold
         self.rows_each_side = int(config.get("rows_each_side", 2))
         self._init_common(name or str(path), ratio, thr, int(config.get("half_width", 2)),
-                          veto_bridges)
+                          veto_bridges, None if no_veto is None else float(no_veto))
 
     def _run(self, wr: np.ndarray, wv: np.ndarray, t: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray]:
