@@ -213,3 +213,25 @@ def test_objects_mode_connects_the_rings_of_a_far_object_on_a_sparse_scan():
     _, _, _, counts, groups = _select_groups(car.astype(np.float32), params, plane,
                                              vertical_scale=0.25)
     assert groups.size == 1 and counts[groups[0]] == 80
+
+
+def test_smooth_steps_tell_a_ground_plane_from_a_car_in_front_of_a_wall():
+    from sspu_ros.geometry.range_window import bridge_mask, smooth_steps
+
+    # column ranges of 5 beams looking down at a flat ground 1.7 m below: 1/r linear-ish
+    elev = np.radians([-3.0, -4.8, -6.6, -8.4, -10.2])
+    ground = 1.7 / np.sin(-elev)  # 32.5, 20.3, 14.8, 11.6, 9.6 m: large jumps, no edge
+    car_wall = np.array([30.0, 30.0, 12.0, 12.0, 12.0])  # wall behind, car in front
+    img = np.stack([ground, car_wall], axis=1).repeat(3, axis=1)  # (5, 6): columns 0-2, 3-5
+    gap = np.array([1, 1])
+    col = np.array([1, 4])
+    np.testing.assert_array_equal(smooth_steps(img, gap, col), [True, False])
+    # both gaps look like an edge to the spread rule; only the car/wall one is a bridge
+    around = np.stack([img[gap + d, (col + s) % 6] for d in (0, 1) for s in (-1, 0, 1)])
+    mid = np.array([17.0, 20.0])  # a point between the two returns of each gap
+    edge = bridge_mask(around, mid)
+    assert edge.all()
+    np.testing.assert_array_equal(edge & ~smooth_steps(img, gap, col), [False, True])
+    # a missing row: not known to be smooth
+    img[0, 0] = np.nan
+    assert not smooth_steps(img, gap, col)[0]
