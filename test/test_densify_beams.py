@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sspu_ros.config import load_config
 from sspu_ros.densify.beams import ScanHints, structure_of
@@ -235,3 +237,49 @@ def test_smooth_steps_tell_a_ground_plane_from_a_car_in_front_of_a_wall():
     # a missing row: not known to be smooth
     img[0, 0] = np.nan
     assert not smooth_steps(img, gap, col)[0]
+
+
+_BEAM_VALUES = st.one_of(
+    st.integers(-(2**40), 2**40).map(float),
+    st.integers(0, 70).map(float),
+    st.sampled_from([float("nan"), float("inf"), -float("inf"), 1e300, -0.0, 2**31 - 1.0]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_outside_beam_hints_never_crash_the_beam_path(data):
+    """A driver's ring field and organized size are outside input: any values give either
+    the beam path or the patch fallback, finite points and valid source indices."""
+    n = data.draw(st.integers(0, 400), label="points")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    kind = data.draw(st.sampled_from(["scan", "blob", "line"]), label="kind")
+    if kind == "scan":  # a real-looking 8-beam sweep, then hints of any quality
+        pts, ring = _wall_scan(beams=8, n_az=max(1, n // 8))
+        pts, ring = pts[:n], ring[:n].astype(np.float64)
+        n = len(pts)
+    elif kind == "blob":
+        pts = (rng.normal(0, 3, (n, 3)) + [10, 0, 0]).astype(np.float32)
+        ring = rng.integers(0, 16, n).astype(np.float64)
+    else:
+        pts = np.c_[np.linspace(1, 30, n), np.zeros(n), np.zeros(n)].astype(np.float32)
+        ring = np.zeros(n)
+    if data.draw(st.booleans(), label="garbage ring values") and n:
+        k = data.draw(st.integers(1, n), label="how many")
+        idx = rng.choice(n, k, replace=False)
+        ring[idx] = data.draw(st.lists(_BEAM_VALUES, min_size=k, max_size=k), label="values")
+    organized = None
+    flat = None
+    if data.draw(st.booleans(), label="organized") and n:
+        h = data.draw(st.integers(1, 64), label="height")
+        w = max(1, -(-n // h))
+        organized, flat = (h, w), np.sort(rng.choice(h * w, n, replace=False))
+    hints = ScanHints(beam=ring if data.draw(st.booleans(), label="ring field") else None,
+                      organized=organized, flat_index=flat)
+    interp = LinearBeams()
+    interp.fallback = MidpointUpsampler(4)
+    res = densify_points(pts, interp, _params(**{"lidar.columns": 64}), hints=hints)
+    assert res.path in ("beams", "patches")
+    assert (res.path == "patches") == bool(res.fallback)
+    assert np.isfinite(res.generated).all()
+    assert res.sources.shape == (len(res.generated), 3)
+    assert ((res.sources >= 0) & (res.sources < max(n, 1))).all()

@@ -172,7 +172,13 @@ def _order_rows(pts: np.ndarray, beam: np.ndarray, usable: np.ndarray, source: s
     the apex offset included), its spread the median angular residual about the cone.
     Beams with fewer than 3 returns are dropped (their points get row -1)."""
     ids = np.where(usable, beam, -1)
-    counts = np.bincount(ids[ids >= 0], minlength=1)
+    has = ids >= 0
+    # any numbering (a driver's field is outside input: ids may be huge or sparse): number
+    # the distinct ids 0..U-1 before counting
+    _, ids_inv = np.unique(ids[has], return_inverse=True)
+    ids = ids.copy()
+    ids[has] = ids_inv.reshape(-1)
+    counts = np.bincount(ids[has], minlength=1)
     present = np.flatnonzero(counts >= 3)
     if len(present) < min_beams:
         raise ScanStructureError(f"{source}: {len(present)} beam(s) with returns, fewer than "
@@ -253,11 +259,16 @@ def scan_structure(points: np.ndarray, *, beam: np.ndarray | None = None,
         b = np.asarray(beam)
         if b.shape != (len(pts),):
             raise ValueError(f"beam must have shape ({len(pts)},), got {b.shape}")
-        b = np.where(np.isfinite(b) & (b >= 0), b, -1).astype(np.int64)
-        tries.append((f"field:{beam_name}", b, int(b.max(initial=-1)) + 1))
+        b = np.asarray(b, dtype=np.float64)
+        b = np.where(np.isfinite(b) & (b >= 0) & (b < 2**31), b, -1).astype(np.int64)
+        n_ids = int(np.unique(b[b >= 0]).size)
+        top = int(b.max(initial=-1)) + 1  # beams the driver numbers (if 0..B-1)
+        tries.append((f"field:{beam_name}", b, top if top <= 4 * max(n_ids, 1) else n_ids))
     if organized is not None and organized[0] > 1:
         h, w = int(organized[0]), int(organized[1])
         idx = np.arange(len(pts)) if flat_index is None else np.asarray(flat_index, np.int64)
+        if idx.shape != (len(pts),):
+            raise ValueError(f"flat_index must have shape ({len(pts)},), got {idx.shape}")
         tries.append(("organized", idx // w, h))
         if columns is None and preset is None:
             width = w
