@@ -157,6 +157,12 @@ def play(path: str | Path, *, topics: Sequence[str] | None = None, rate: float =
                 if not loop or (stop is not None and stop.is_set()):
                     break
             stats.seconds = time.monotonic() - t_begin
+            if reliable:  # a writer destroyed right after its last publish can lose the
+                # unacknowledged tail for a reader still catching up: wait (bounded)
+                from rclpy.duration import Duration
+
+                for p in pubs.values():
+                    p.wait_for_all_acked(Duration(seconds=5.0))
     finally:
         node.destroy_node()
     return stats
