@@ -59,22 +59,21 @@ class ScanHints:
                     height: int = 1, width: int = 0) -> ScanHints:
         """Hints from a structured array of all points (a decoded PointCloud2's
         ``points``), ``valid`` the finite ones (the densifier's input points)."""
-        beam, name = None, "ring"
-        if points is not None and points.dtype.names:
-            name = beam_field(points.dtype.names)
-            if name is not None:
-                col = points[name]
-                col = col[valid] if valid is not None else col
-                beam = np.asarray(col, dtype=np.float64).reshape(len(col), -1)[:, 0]
-        organized = flat = None
+        hints = cls()
+        name = beam_field(points.dtype.names) if points is not None and points.dtype.names \
+            else None
+        if name is not None:  # only the beam column is copied (per-scan path)
+            col = points[name] if valid is None else points[name][valid]
+            hints = cls.from_attributes({name: col})
         if height > 1 and width > 0:
-            organized = (int(height), int(width))
             flat = np.flatnonzero(valid) if valid is not None else None
-        return cls(beam, name or "ring", organized, flat)
+            hints = cls(hints.beam, hints.beam_name, (int(height), int(width)), flat)
+        return hints
 
     @classmethod
     def from_attributes(cls, attributes) -> ScanHints:
-        """Hints of a point-cloud file's per-point attributes (a ``ring`` column ...)."""
+        """Hints of per-point columns by name (a point-cloud file's attributes, a
+        message's fields): the first beam field (``ring``, ``channel`` ...), as float."""
         name = beam_field(attributes)
         if name is None:
             return cls()

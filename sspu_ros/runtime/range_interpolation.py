@@ -247,9 +247,8 @@ def _bridges(kept: np.ndarray, pred: np.ndarray, gap: np.ndarray, width: int) ->
             virtual rows; gap: (J,) gap index of each virtual row.
     """
     rows = np.stack([np.roll(kept[gap + d], s, axis=1) for d in (0, 1) for s in (-1, 0, 1)])
-    width_cols = np.arange(width)
-    smooth = np.stack([smooth_steps(kept, np.full(width, g), width_cols) for g in gap])
-    return bridge_mask(rows, pred) & ~smooth
+    smooth = smooth_steps(kept, np.repeat(gap, width), np.tile(np.arange(width), len(gap)))
+    return bridge_mask(rows, pred) & ~smooth.reshape(len(gap), width)
 
 class OrtBeamInterpolator(BeamInterpolatorBase):
     """The ONNX export (:func:`~sspu_ros.model.range_interpolator.export_range_interpolator`)
