@@ -336,11 +336,12 @@ def run_kitti_beams(data: str | Path, models: list[str], *, out_dir: str | Path 
 
     from ..io.kitti import boxes_to_lidar, points_in_boxes, read_calib, read_labels, read_velodyne
 
-    frames = kitti_frames(data)[frames if frames is not None else slice(None)][: limit or None]
+    # the models first: a bad --model fails before the data is read
     ranged, beam_models, patch_models = _split_models(models)
     learned = _load_range_models(ranged)
     beam_nets = _load_beam_models(beam_models, BEAM_MODES["kitti-beams"])
     fns = _load_models(patch_models)
+    frames = kitti_frames(data)[frames if frames is not None else slice(None)][: limit or None]
     names = [INPUT, MIDPOINTS, RANGE_INTERP, *learned, *beam_nets, *fns]
     pool = _Pool()
     seconds: dict[str, list[float]] = {n: [] for n in names}
