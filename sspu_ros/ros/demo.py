@@ -163,12 +163,16 @@ def _run_live(sample: Path, out_bag: Path, node_args: dict, *, rate: float,
 
 
 def _wait_for_node(rclpy, node: subprocess.Popen, log_path: Path, timeout: float) -> None:
-    """Until the node subscribes to the input topic; a node that exits or never subscribes
-    ends the demo with its log's last line."""
+    """Until the node subscribes to the input topic and publishes the output topic, then a
+    short settle: the node skips scans while it sees no subscriber of its output
+    (``process_without_subscribers: false``), so the recorder must be matched before the
+    first scan is played. A node that exits or never gets there ends the demo with its
+    log's last line."""
     probe = rclpy.create_node(f"sspu_demo_probe_{os.getpid()}")
     try:
         deadline = time.monotonic() + timeout
-        while probe.count_subscribers(INPUT_TOPIC) == 0:
+        while (probe.count_subscribers(INPUT_TOPIC) == 0
+               or probe.count_publishers(OUTPUT_TOPIC) == 0):
             if node.poll() is not None:
                 raise CloudFileError(f"the node exited with status {node.returncode}: "
                                      f"{_last_line(log_path)}")
@@ -176,6 +180,7 @@ def _wait_for_node(rclpy, node: subprocess.Popen, log_path: Path, timeout: float
                 raise CloudFileError(f"the node did not subscribe to {INPUT_TOPIC} within "
                                      f"{timeout:g} s (log: {log_path})")
             time.sleep(0.05)
+        time.sleep(1.0)  # discovery is not simultaneous: let the node match the recorder
     finally:
         probe.destroy_node()
 
