@@ -321,3 +321,20 @@ def test_onnx_runs_clouds_smaller_than_a_patch_through_the_checkpoint(shipped):
     alone = load_upsampler(str(shipped / "tiny.onnx"), None, backend="onnxruntime")
     with pytest.raises(ModelError, match="smaller than a patch"):
         alone.upsample(x)
+
+
+def test_clouds_smaller_than_the_neighbourhoods_are_a_model_error(shipped):
+    """A cloud with fewer points than the generator's kNN graph needs (knn_k = 16 here) is
+    refused with a ModelError that names the minimum, by PyTorch and by ONNX Runtime (whose
+    small clouds go to the .pt): callers such as the lidar-sim suite count it as refused;
+    a cloud of exactly the minimum is upsampled."""
+    up = load_upsampler("tiny", None, backend="onnxruntime")
+    ref = TorchUpsampler(shipped / "tiny.pt", device="cpu")
+    need = ref.model.cfg.min_points()
+    small = torus_knot_surface(need - 1, seed=5)
+    for backend in (ref, up):
+        with pytest.raises(ModelError, match=f"at least {need} points"):
+            backend.upsample(small)
+        with pytest.raises(ModelError, match=f"at least {need} points"):
+            backend.upsample_with_sources(small)
+    assert ref.upsample(torus_knot_surface(need, seed=5)).shape == (R * need, 3)

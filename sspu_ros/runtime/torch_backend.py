@@ -46,13 +46,24 @@ class GeneratorUpsampler:
         with torch.no_grad():
             return _per_point(pts, self.model(pts), self.ratio).numpy()
 
+    def _check_cloud(self, xyz: np.ndarray) -> None:
+        """A ModelError for a cloud smaller than the generator's neighbourhoods (its kNN
+        graph needs ``min_points``); callers may fall back to ``midpoint`` on it."""
+        need = self.model.cfg.min_points()
+        if len(xyz) < need:
+            raise ModelError(f"{self.name} needs clouds of at least {need} points (its "
+                             f"neighbourhoods), got {len(xyz)}; use --model midpoint for "
+                             "clouds this small")
+
     def upsample(self, xyz: np.ndarray) -> np.ndarray:
         from .patch_inference import upsample_with_patches
 
+        self._check_cloud(xyz)
         return upsample_with_patches(xyz, self.model, self.ratio, candidates=self.copies,
                                      patch_size=self.patch_size, keep_input=True)
 
     def upsample_with_sources(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self._check_cloud(xyz)
         return _with_sources(self, xyz, self.model)
 
 
@@ -97,8 +108,10 @@ class TorchUpsampler(GeneratorUpsampler):
     def upsample(self, xyz: np.ndarray) -> np.ndarray:
         from .patch_inference import upsample_with_patches
 
+        self._check_cloud(xyz)
         return upsample_with_patches(xyz, self._run, self.ratio, candidates=self.copies,
                                      patch_size=self.patch_size, keep_input=True)
 
     def upsample_with_sources(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self._check_cloud(xyz)
         return _with_sources(self, xyz, self._run)
