@@ -10,6 +10,7 @@ from conftest import TINY_TRAIN_SETS
 from sspu_ros.geometry.candidate_selection import (
     fps_extend_numpy,
     fps_extend_torch,
+    fps_in_reach,
     select_fps,
     select_per_point,
 )
@@ -124,6 +125,32 @@ def test_select_per_point_by_hand_avoids_a_shared_candidate():
                           [2.0, 0, 0], [1.0, 0, 0], [3.0, 0, 0]]])
     out = select_per_point(xyz, cand, 2)
     assert out.tolist() == [[[0.0, 0, 0], [1.0, 0, 0], [2.0, 0, 0], [3.0, 0, 0]]]
+
+
+def test_select_per_point_prefers_candidates_in_reach():
+    """Points 0 and 1 are 1 apart (nearest-neighbour distance 1). Point 0 proposes x = 0.5
+    (reach 0.5) and y = 3 (reach 3, farther from everything): with max_reach 2 it takes
+    the one in reach. Both of point 1's candidates are out of reach (3 and 9): it takes the
+    first (index order), not the farthest. Without a bound both take the farthest."""
+    xyz = torch.tensor([[[0.0, 0, 0], [1.0, 0, 0]]])
+    cand = torch.tensor([[[0.0, 0, 0], [0.5, 0, 0], [0.0, 3, 0],
+                          [1.0, 0, 0], [4.0, 0, 0], [1.0, -9, 0]]])
+    bounded = select_per_point(xyz, cand, 2, max_reach=2.0)
+    assert bounded.tolist() == [[[0.0, 0, 0], [0.5, 0, 0], [1.0, 0, 0], [4.0, 0, 0]]]
+    free = select_per_point(xyz, cand, 2, max_reach=None)
+    assert free.tolist() == [[[0.0, 0, 0], [0.0, 3, 0], [1.0, 0, 0], [1.0, -9, 0]]]
+
+
+def test_fps_in_reach_by_hand():
+    """Candidates in reach (<= 2 nearest-neighbour distances from their point) by FPS
+    first; when too few, the others nearest first by reach; None = plain FPS."""
+    fixed = np.array([[0.0, 0, 0], [1.0, 0, 0]])
+    cand = np.array([[0.5, 0, 0], [0.0, 5, 0], [1.0, 3, 0], [1.0, 0.6, 0]])
+    parent = np.array([0, 0, 1, 1])  # reach 0.5, 5, 3, 0.6
+    assert fps_in_reach(fixed, cand, parent, 2).tolist() == [3, 0]  # 0.6 from fixed first
+    assert fps_in_reach(fixed, cand, parent, 3).tolist() == [0, 3, 2]  # then reach 3
+    assert (fps_in_reach(fixed, cand, parent, 3, max_reach=None).tolist()
+            == fps_extend_numpy(fixed, cand, 3).tolist() == [1, 2, 3])
 
 
 def test_select_per_point_gradient_reaches_chosen_candidates():

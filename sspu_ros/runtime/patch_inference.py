@@ -19,9 +19,10 @@ Over-complete generators (``candidates`` c > r copies per point, candidate 0 = t
 the merge pools c-1 candidates per point (with "owner": those of the point's owner patch;
 with "fps": those of every patch) and keeps the N input points plus (r-1)·N candidates
 chosen by farthest point sampling that starts from the input points
-(:func:`sspu_ros.geometry.candidate_selection.fps_extend_numpy`, over the whole
-normalized shape), as the MLS + FPS baseline does; the output always starts with the N
-input points then.
+(:func:`sspu_ros.geometry.candidate_selection.fps_in_reach`, over the whole normalized
+shape), as the MLS + FPS baseline does, preferring the candidates in reach of their point
+(:data:`~sspu_ros.geometry.candidate_selection.MAX_REACH`); the output always starts with
+the N input points then.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ def _select_candidates(pts: torch.Tensor, shape: torch.Tensor, centroid: torch.T
 
     pts (N, 3) original points; shape (N, 3) normalized; dense (P, c·K, 3) candidates in
     shape coordinates; idx (P, K) patch indices."""
-    from ..geometry.candidate_selection import fps_extend_numpy as fps_extend
+    from ..geometry.candidate_selection import fps_in_reach
 
     n = shape.shape[0]
     p, k = idx.shape
@@ -173,7 +174,7 @@ def _select_candidates(pts: torch.Tensor, shape: torch.Tensor, centroid: torch.T
     if pool_np.shape[0] < need:  # tiny clouds: repeat the pool
         reps = -(-need // pool_np.shape[0])
         pool_np, parent_np = np.tile(pool_np, (reps, 1)), np.tile(parent_np, reps)
-    pick = fps_extend(shape.double().numpy(), pool_np, need)
+    pick = fps_in_reach(shape.double().numpy(), pool_np, parent_np, need)
     chosen = torch.from_numpy(pool_np[pick]).float()
     out = denormalize(chosen[None], centroid, radius)[0].numpy().astype(np.float32)
     dense_out = np.concatenate([pts.numpy(), out])
