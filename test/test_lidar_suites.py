@@ -73,15 +73,20 @@ def test_kitti_beams_smoke_one_frame(tmp_path):
     # The built-in 'midpoint' model is the same kNN midpoint baseline.
     assert m["midpoint"]["front_acc"] == pytest.approx(m[MIDPOINTS]["front_acc"])
     assert 0.0 < m[MIDPOINTS]["front_acc"] < 0.1
+    # ... and as the node runs it (objects mode on the whole scan): the scan plus new points
+    node = m["midpoint (objects)"]
+    assert node["front_comp"] <= m[INPUT]["front_comp"]
+    assert node["objects_comp"] <= m[INPUT]["objects_comp"]
+    assert 0.0 < node["objects_acc"] < 0.1 and 0.0 < node["front_acc"] < 0.1
     assert (tmp_path / "kitti-beams" / "range-image_interp" / "000000.ply").is_file()
     table = format_kitti_beams(r)
-    assert "front acc" in table and RANGE_INTERP in table and len(table.splitlines()) == 8
+    assert "front acc" in table and RANGE_INTERP in table and len(table.splitlines()) == 9
 
 
 def test_lidar_sim_smoke_one_scene():
     if not (DATA / "meshes" / "vehicles_scene").is_dir():
         pytest.skip(f"vehicle meshes not found under {DATA / 'meshes'}")
-    r = run_lidar_sim(DATA, [], scans=1, seed=0)
+    r = run_lidar_sim(DATA, ["midpoint"], scans=1, seed=0)
     m = r["methods"]
     assert r["object_points"]["dense"] > 3 * r["object_points"]["sparse"] > 0
     # The input's points are on the meshes up to the range noise (sigma 2 cm).
@@ -91,7 +96,15 @@ def test_lidar_sim_smoke_one_scene():
     # Interpolating rows inside each object roughly halves the completeness distance.
     assert m[RANGE_INTERP]["completeness"] < 0.8 * m[INPUT]["completeness"]
     assert m[RANGE_INTERP]["p2f_mean"] < 0.05
-    assert "P2F" in format_lidar_sim(r)
+    # a patch model on each object's points, and through the node's objects path
+    assert m["midpoint"]["p2f_mean"] == pytest.approx(m[MIDPOINTS]["p2f_mean"])
+    node = m["midpoint (objects)"]
+    assert node["beams"]["kind"] == "patches" and node["beams"]["mode"] == "objects"
+    assert node["beams"]["generated"] > 0 and node["beams"]["objects_with_new_points"] > 0
+    assert node["points"] > m[INPUT]["points"]
+    assert node["completeness"] < m[INPUT]["completeness"] and node["p2f_mean"] < 0.05
+    table = format_lidar_sim(r)
+    assert "P2F" in table and "the node's patch path" in table
 
 
 def test_models_split_into_range_specs_beam_models_and_patch_models():

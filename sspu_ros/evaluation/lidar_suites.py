@@ -21,7 +21,10 @@
 Pooled over all points of all frames (per-frame means are in the result too). Methods:
 the 16-beam input, kNN midpoints, range-image linear interpolation between kept beams, and
 every model given: a patch model runs by ``Upsampler.upsample`` on the 16-beam points of
-the evaluation crop (the front region and the object boxes grown by 2 m); a beam model
+the evaluation crop (the front region and the object boxes grown by 2 m; the rest of the
+scan is passed through, as for the midpoints), and as the node runs it in its default
+``objects`` mode on the whole 16-beam scan (row ``NAME (objects)``, :data:`PATCH_MODES`,
+the node's crops of the objects); a beam model
 (``kind == "beams"``, e.g. ``sspu_lidar_x4``, given as a shipped name or path) runs as the
 node runs it, :func:`~sspu_ros.densify.densifier.densify_points` in ``full`` mode on the
 whole 16-beam scan with its ring index as the beam hint (row ``NAME (full)``); a
@@ -84,6 +87,11 @@ VETO_SUFFIX = "+veto"
 #: gap, scored on the points that belong to an object (the selection range-image
 #: interpolation gets from the simulator's object ids: the network's own figure).
 BEAM_MODES = {"kitti-beams": ("full",), "lidar-sim": ("objects", "full")}
+#: Patch models get, beside their row on the crop / the object clouds (``NAME``: the
+#: shape protocol, ``Upsampler.upsample``), a row of the node's own path in its default
+#: ``objects`` mode (``NAME (objects)``: ground removal, clusters, patches,
+#: ``upsample_patches``, merge and outlier filter; the scan's beams are not used).
+PATCH_MODES = ("objects",)
 
 __all__ = [
     "fit_ground_plane",
@@ -205,22 +213,26 @@ def _load_models(models: list[str]) -> dict[str, Callable[[np.ndarray], np.ndarr
     return {m: load_upsampler(m, RATIO).upsample for m in models}
 
 
-def _load_beam_models(models: list[str], modes: tuple[str, ...],
-                      ranged: list[str] = ()) -> dict[str, tuple]:
-    """Beam models by name/path, loaded as the node loads them (default config, backend
-    auto, ``lidar.*`` defaults: the model's own threshold; the patch fallback for scans
-    without beams), and ``range:`` specs (:func:`_load_range_models`) -> row ``NAME
-    (MODE)`` -> (interpolator, parameters with ``mode``), one row per mode."""
+def _load_node_models(models: list[str], modes: tuple[str, ...], ranged: list[str] = (),
+                      patch_models: list[str] = ()) -> dict[str, tuple]:
+    """Models as the node loads them (default config, backend auto; beam models with the
+    ``lidar.*`` defaults: the model's own threshold, the patch fallback for scans without
+    beams) -> row ``NAME (MODE)`` -> (upsampler, parameters with ``mode``): beam models by
+    name/path and ``range:`` specs (:func:`_load_range_models`) one row per mode of
+    ``modes``, patch models one per mode of :data:`PATCH_MODES`."""
     from ..config import load_config
     from ..runtime.loading import load_upsampler
 
-    nets = {m: (load_upsampler(m, RATIO, config=load_config(None, {"model": m})), {})
-            for m in models}  # the node's defaults, lidar.veto_bridges included
+    def node(m: str):
+        return load_upsampler(m, RATIO, config=load_config(None, {"model": m}))
+
+    nets = {m: (node(m), {}, modes) for m in models}  # the node's lidar.veto_bridges
     # range: specs say their veto (+veto); the densifier's lidar.veto_bridges decides
-    nets.update({name: (net, {"lidar.veto_bridges": bool(net.veto_bridges)})
+    nets.update({name: (net, {"lidar.veto_bridges": bool(net.veto_bridges)}, modes)
                  for name, net in _load_range_models(list(ranged)).items()})
+    nets.update({m: (node(m), {}, PATCH_MODES) for m in patch_models})
     return {f"{name} ({mode})": (net, load_config(None, {"mode": mode, **extra}))
-            for name, (net, extra) in nets.items() for mode in modes}
+            for name, (net, extra, row_modes) in nets.items() for mode in row_modes}
 
 
 def _densify_with_rings(xyz: np.ndarray, rings: np.ndarray, interp, params):
@@ -339,7 +351,8 @@ def run_kitti_beams(data: str | Path, models: list[str], *, out_dir: str | Path 
     # the models first: a bad --model fails before the data is read
     ranged, beam_models, patch_models = _split_models(models)
     learned = _load_range_models(ranged)
-    beam_nets = _load_beam_models(beam_models, BEAM_MODES["kitti-beams"])
+    beam_nets = _load_node_models(beam_models, BEAM_MODES["kitti-beams"],
+                                  patch_models=patch_models)
     fns = _load_models(patch_models)
     frames = kitti_frames(data)[frames if frames is not None else slice(None)][: limit or None]
     names = [INPUT, MIDPOINTS, RANGE_INTERP, *learned, *beam_nets, *fns]
@@ -375,7 +388,7 @@ def run_kitti_beams(data: str | Path, models: list[str], *, out_dir: str | Path 
         crop_mask = in_front(sparse, margin=CROP_MARGIN)
         if len(boxes):
             crop_mask |= points_in_boxes(sparse, boxes, margin=CROP_MARGIN) >= 0
-        crop = sparse[crop_mask]
+        crop, outside = sparse[crop_mask], sparse[~crop_mask]
 
         truth_regions = regions(scan)
         truth_img = range_image(scan, rings, N_BEAMS, width)
@@ -417,6 +430,8 @@ def run_kitti_beams(data: str | Path, models: list[str], *, out_dir: str | Path 
             t0 = time.perf_counter()
             pred = np.asarray(fn(crop), dtype=np.float64)[:, :3]
             seconds[name].append(time.perf_counter() - t0)
+            if name == MIDPOINTS or name in fns:  # densified crop + the rest of the scan
+                pred = np.concatenate([outside, pred])
             pred_regions = regions(pred)
             for region in ("front", "objects"):
                 acc = _nn(pred[pred_regions[region]], scan)
@@ -554,7 +569,10 @@ def run_lidar_sim(data: str | Path, models: list[str], *, out_dir: str | Path | 
     16-beam input, kNN midpoints, range-image interpolation between kept beams (kept
     where both neighbour pixels hit the same object), and every model given.
 
-    Patch models densify each object's points on their own (:func:`_densify_objects`).
+    Patch models densify each object's points on their own (:func:`_densify_objects`), and
+    run as the node runs them in its ``objects`` mode on the whole 16-beam scan (row
+    ``NAME (objects)``, its own ground removal and clusters; each generated point belongs
+    to the object of its source point).
     Beam models (a shipped name or path of a ``kind == "beams"`` model, or
     ``range:PATH[@T][+veto]``) run as the node runs them: the whole 16-beam scan through
     :func:`~sspu_ros.densify.densifier.densify_points` with the simulated ring index as
@@ -584,14 +602,16 @@ def run_lidar_sim(data: str | Path, models: list[str], *, out_dir: str | Path | 
     distance_cache: dict = {}
     n_scenes = min(scans, limit) if limit else scans
     ranged, beam_models, patch_models = _split_models(models)
-    beam_nets = _load_beam_models(beam_models, BEAM_MODES["lidar-sim"], ranged)
+    beam_nets = _load_node_models(beam_models, BEAM_MODES["lidar-sim"], ranged,
+                                  patch_models=patch_models)
     fns = _load_models(patch_models)
     names = [INPUT, MIDPOINTS, RANGE_INTERP, *beam_nets, *fns]
     kept_input = dict.fromkeys(names, 0)
-    beam_info = {n: {"mode": params["mode"], "generated": 0, "ground_points": 0,
+    beam_info = {n: {"mode": params["mode"], "kind": getattr(net, "kind", "patches"),
+                     "generated": 0, "ground_points": 0,
                      "beam_path": 0, "fallback": 0, "objects": 0,
                      "objects_with_new_points": 0}
-                 for n, (_, params) in beam_nets.items()}
+                 for n, (net, params) in beam_nets.items()}
     pool = _Pool()
     seconds: dict[str, list[float]] = {n: [] for n in names}
     n_points = {"dense": 0, "sparse": 0}
@@ -664,7 +684,7 @@ def _densify_objects(sparse, fn: Callable[[np.ndarray], np.ndarray]
 
 
 def _sim_beams(sparse, interp, params, info: dict) -> tuple[np.ndarray, np.ndarray]:
-    """A beam model on a simulated 16-beam scan, as the node runs it (see
+    """A beam (or patch) model on a simulated 16-beam scan, as the node runs it (see
     :func:`run_lidar_sim`): (P, 3) object points (the input's, then the generated ones
     that belong to an object), (P,) their object ids; ``info`` gathers counts."""
     rows = sparse.ring // KEEP_EVERY  # the 16 kept beams, as a driver's ring field
@@ -728,11 +748,12 @@ def format_lidar_sim(result: dict) -> str:
                          "their input points were kept)")
         if "beams" in m:
             b = m["beams"]
+            where = (f"beam path in {b['beam_path']} scans, fallback in {b['fallback']}"
+                     if b.get("kind", "beams") == "beams" else "the node's patch path")
             lines.append(f"  ({name}: {b['mode']} mode, {b['generated']} points generated, "
-                         f"{b['ground_points']} of them between ground pixels (not scored); "
+                         f"{b['ground_points']} of them not on an object (not scored); "
                          f"new points on {b['objects_with_new_points']} of {b['objects']} "
-                         f"objects; beam path in {b['beam_path']} scans, fallback in "
-                         f"{b['fallback']})")
+                         f"objects; {where})")
     if "plot" in result:
         lines.append(f"plot: {result['plot']}")
     return "\n".join(lines)
