@@ -141,6 +141,22 @@ def test_select_per_point_prefers_candidates_in_reach():
     assert free.tolist() == [[[0.0, 0, 0], [0.0, 3, 0], [1.0, 0, 0], [1.0, -9, 0]]]
 
 
+def test_reach_ignores_duplicate_points():
+    """A point with a duplicate (distance 0) measures reach against its nearest *other*
+    point: the same choices as without the duplicate."""
+    xyz = torch.tensor([[[0.0, 0, 0], [1.0, 0, 0], [0.0, 0, 0]]])
+    cand = torch.tensor([[[0.0, 0, 0], [0.0, 3, 0], [0.5, 0, 0],
+                          [1.0, 0, 0], [1.0, 9, 0], [1.5, 0, 0],
+                          [0.0, 0, 0], [0.0, 0, 0], [0.0, 0, 0]]])
+    out = select_per_point(xyz, cand, 2, max_reach=2.0)
+    assert out[0, :4].tolist() == [[0.0, 0, 0], [0.5, 0, 0], [1.0, 0, 0], [1.5, 0, 0]]
+    fixed = np.array([[0.0, 0, 0], [1.0, 0, 0], [0.0, 0, 0]])
+    # both in reach (0.5, 1.5): FPS takes the farther; a spacing of 0 would put both out
+    # of reach and take the nearer
+    pick = fps_in_reach(fixed, np.array([[0.5, 0, 0], [0.0, 1.5, 0]]), np.array([0, 0]), 1)
+    assert pick.tolist() == [1]
+
+
 def test_fps_in_reach_by_hand():
     """Candidates in reach (<= 2 nearest-neighbour distances from their point) by FPS
     first; when too few, the others nearest first by reach; None = plain FPS."""

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sspu_ros.config import load_config, roi_boxes
-from sspu_ros.densify.densifier import crop_mask, densify_points
+from sspu_ros.densify.densifier import PAD_OFFSET, crop_mask, densify_points
 from sspu_ros.errors import ConfigError
 from sspu_ros.runtime.loading import load_upsampler
 
@@ -76,7 +76,9 @@ def test_synthetic_scene_ground_clusters_one_call_owner_merge_outliers():
     batch = up.calls[0]
     assert batch.shape == (r.n_patches, 64, 3) and r.n_patches >= 1 + -(-len(car) // 64)
     norms = np.linalg.norm(batch, axis=2)
-    np.testing.assert_allclose(norms.max(axis=1), 1.0, atol=1e-5)  # unit sphere
+    real = norms <= 1.0 + 1e-5  # the object's points: unit sphere; padding: far away
+    np.testing.assert_allclose(np.where(real, norms, 0).max(axis=1), 1.0, atol=1e-5)
+    assert (norms[~real] >= 4.0 - 1e-5).all()
     # every object point densified exactly once (owner rule), ground never
     np.testing.assert_array_equal(np.sort(r.selected), np.r_[car, ped])
     src, counts = np.unique(r.sources[:, 0], return_counts=True)
@@ -92,18 +94,78 @@ def test_synthetic_scene_ground_clusters_one_call_owner_merge_outliers():
     assert set(r.timings_ms) == {"preprocess", "inference", "postprocess"}
 
 
-def test_small_cluster_padded_by_repetition_and_padding_copies_dropped():
+def test_small_cluster_padded_with_far_copies_and_padding_copies_dropped():
+    """A cluster smaller than a patch: its points (unit sphere), then copies of them moved
+    by q * PAD_OFFSET along x (q-th repeat), at least 3 from every real point."""
     xyz, car, ped = _scene()
     up = FakeUpsampler()
     r = densify_points(xyz, up, load_config(overrides={"mode": "roi",
                                                        "roi.boxes": [-6, -4, 2, 4, -3, 3]}))
     assert r.n_patches == 1 and r.n_groups == 1
-    patch = up.calls[0][0]  # the pedestrian's points, then repeats of them in order
+    patch = up.calls[0][0]
     n = len(ped)
-    np.testing.assert_allclose(patch[n:], patch[np.arange(n, 64) % n])
-    assert np.unique(patch, axis=0).shape[0] == n
+    np.testing.assert_allclose(np.linalg.norm(patch[:n], axis=1).max(), 1.0, atol=1e-6)
+    pads = np.arange(n, 64)
+    moved = patch[pads % n] + np.c_[PAD_OFFSET * (pads // n), np.zeros((len(pads), 2))]
+    np.testing.assert_allclose(patch[n:], moved, atol=1e-5)
+    gap = np.linalg.norm(patch[n:, None] - patch[None, :n], axis=-1).min()
+    assert gap >= PAD_OFFSET - 2.0 - 1e-5
+    assert np.unique(patch.round(5), axis=0).shape[0] == 64  # no duplicates
     assert r.generated.shape == (2 * n, 3)  # copies of padding points dropped
     np.testing.assert_array_equal(np.unique(r.sources[:, 0]), ped)
+
+
+class _Recording:
+    """An upsampler that records its input patches and output."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+        self.name, self.ratio, self.patch_size = "rec", inner.ratio, inner.patch_size
+
+    def upsample_patches(self, patches):
+        out = self.inner.upsample_patches(patches)
+        self.calls.append((np.array(patches), np.array(out)))
+        return out
+
+
+@pytest.mark.parametrize("which", ["midpoint", "generator"])
+def test_small_cluster_is_upsampled_as_if_alone(which, tmp_path):
+    """The padding is invisible to kNN upsamplers: the copies of a small cluster's points
+    are those of the cluster alone (plain repeats made every point's nearest neighbours its
+    own duplicates: midpoints and generator copies collapsed onto the point), and none
+    coincides with its point."""
+    import dataclasses
+
+    import torch
+
+    from sspu_ros.model.checkpoint import FORMAT_VERSION
+    from sspu_ros.model.generator import GeneratorConfig, build_generator
+
+    if which == "midpoint":
+        inner = load_upsampler("midpoint", 4, config=load_config(None, {"model": "midpoint"}))
+        inner.patch_size = 64
+    else:
+        torch.manual_seed(0)
+        cfg = dataclasses.replace(GeneratorConfig.light(), channels=16, knn_k=8,
+                                  coord_base="interpolate", offsets=False, candidates=7,
+                                  phong=0.75)
+        torch.save({"format": FORMAT_VERSION, "step": 0,
+                    "model": build_generator(cfg).state_dict(),
+                    "generator": dataclasses.asdict(cfg), "config": {"data.patch_size": 64}},
+                   tmp_path / "g.pt")
+        inner = load_upsampler(str(tmp_path / "g.pt"), 4, backend="torch")
+    up = _Recording(inner)
+    xyz, car, ped = _scene()
+    # break the grid's distance ties (neighbour order would depend on the patch size)
+    xyz[ped] += np.random.default_rng(0).normal(0, 0.005, (len(ped), 3)).astype(np.float32)
+    r = densify_points(xyz, up, load_config(overrides={"mode": "roi",
+                                                       "roi.boxes": [-6, -4, 2, 4, -3, 3]}))
+    (patches, out), = up.calls  # one patch: (1, 64, 3) -> (1, 256, 3)
+    n = len(ped)
+    alone = inner.upsample_patches(patches[:, :n])[0]  # (4n, 3)
+    np.testing.assert_allclose(out[0, : 4 * n], alone, atol=1e-5)
+    moved = np.linalg.norm(r.generated - xyz[r.sources[:, 0]], axis=1)
+    assert len(moved) == 3 * n and moved.min() > 1e-3
 
 
 def test_modes_roi_full_objects():

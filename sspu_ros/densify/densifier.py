@@ -17,7 +17,9 @@ iterations and the handful of ROI boxes):
    in every mode clusters with fewer than ``patches.min_cluster_points`` points are
    skipped;
 4. **patches**: a cluster of at most ``upsampler.patch_size`` points is one patch, padded
-   by repeating its points (the copies generated for the padding are dropped); larger
+   by copies of its points moved far from it (:data:`PAD_OFFSET`: no real point has a
+   padding point among its neighbours; the copies generated for the padding are
+   dropped); larger
    clusters (all batched) get FPS seeds (``patches.coverage`` per patch_size points), each
    point joins its nearest seed's cell, and a cell of at most patch_size points becomes a
    patch (its points, then the nearest other points of the cluster as context); larger
@@ -101,11 +103,22 @@ def roi_mask(xyz: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inside
 
 
+#: A small cluster's patch is padded with translated copies of its points: repeat q (>= 1)
+#: moved by q * PAD_OFFSET along x in the unit-sphere frame of the real points. Real points
+#: lie within 2 of each other, so a pad is >= 3 from every real point: no real point has
+#: one among its nearest neighbours (as it did when the pads were plain repeats: every
+#: point's nearest neighbours were its own duplicates, and a kNN generator's copies
+#: collapsed onto the point itself), and the generator's output for the real points is the
+#: output for the cluster alone (tested).
+PAD_OFFSET = 5.0
+
+
 @dataclass
 class _Patches:
     idx: np.ndarray    # (B, P) int64 indices into the candidate points
     rank: np.ndarray   # (B, P) owner priority of each entry (lowest wins, see _owners)
     group_patches: np.ndarray  # (G,) patches of each densified group, in batch order
+    repeat: np.ndarray  # (B, P) int64: 0 for a real entry, q >= 1 for the q-th padding copy
 
 
 def _split_large(xyz: np.ndarray, members: np.ndarray, group: np.ndarray, n_groups: int,
@@ -183,7 +196,8 @@ def _build_patches(xyz: np.ndarray, order: np.ndarray, start: np.ndarray, counts
     """Patches of the clusters ``groups`` (in priority order) of the candidate points.
 
     A cluster of at most ``patch_size`` points is ONE patch (its points, then repeats of
-    them: the generator sees only the object); larger ones get kNN patches from
+    them, moved away by :data:`PAD_OFFSET` in :func:`densify_points`: the generator sees
+    only the object); larger ones get kNN patches from
     :func:`_split_large` (``ceil(coverage * n / patch_size)`` compact chunks with their
     nearest points as context). A cluster of more than ``max_cluster_points``
     points (a near car: already dense) is densified from that many of its points, evenly
@@ -200,11 +214,12 @@ def _build_patches(xyz: np.ndarray, order: np.ndarray, start: np.ndarray, counts
     cols = np.arange(p)
     n = counts[groups]
     small = n <= p
-    rows, ranks, row_group = [], [], []
+    rows, ranks, row_group, repeats = [], [], [], []
     if small.any():  # one patch each: the points, then repeats of them
         gs = np.flatnonzero(small)
         rows.append(order[start[groups[gs]][:, None] + cols[None, :] % n[gs][:, None]])
         ranks.append(np.broadcast_to(cols, rows[-1].shape))
+        repeats.append(cols[None, :] // n[gs][:, None])
         row_group.append(gs)
     if (~small).any():
         gl = np.flatnonzero(~small)
@@ -217,12 +232,14 @@ def _build_patches(xyz: np.ndarray, order: np.ndarray, start: np.ndarray, counts
         idx, rank, g = _split_large(xyz, members, grp, gl.size, p, coverage)
         rows.append(idx)
         ranks.append(rank)
+        repeats.append(np.zeros_like(idx))
         row_group.append(gl[g])
     if not rows:
         return _Patches(np.zeros((0, p), np.int64), np.zeros((0, p), np.int64),
-                        np.zeros(0, np.int64))
+                        np.zeros(0, np.int64), np.zeros((0, p), np.int64))
     idx = np.concatenate(rows)
     rank = np.concatenate(ranks)
+    repeat = np.concatenate(repeats).astype(np.int64)
     row_group = np.concatenate(row_group)
     per_group = np.bincount(row_group, minlength=groups.size)
     # priority order: a cluster fits when the patches before it plus its own fit the
@@ -235,7 +252,8 @@ def _build_patches(xyz: np.ndarray, order: np.ndarray, start: np.ndarray, counts
             budget -= need
     keep_rows = kept[row_group]
     order_rows = np.argsort(row_group[keep_rows], kind="stable")  # batch in priority order
-    return _Patches(idx[keep_rows][order_rows], rank[keep_rows][order_rows], per_group[kept])
+    return _Patches(idx[keep_rows][order_rows], rank[keep_rows][order_rows], per_group[kept],
+                    repeat[keep_rows][order_rows])
 
 
 def _select_groups(cxyz: np.ndarray, params: Mapping[str, Any], plane: np.ndarray | None,
@@ -350,11 +368,14 @@ def densify_points(xyz: np.ndarray, upsampler: Upsampler, params: Mapping[str, A
     if patches.idx.shape[0] == 0:
         return _empty(n_out, n_capped, **counts_kw)
     raw = cxyz[patches.idx]  # (B, P, 3) metres
-    centroid = raw.mean(axis=1, keepdims=True)  # (B, 1, 3)
+    real = patches.repeat == 0  # (B, P): the padding is left out of the normalization
+    centroid = ((raw * real[..., None]).sum(axis=1, keepdims=True)
+                / real.sum(axis=1)[:, None, None]).astype(np.float32)  # (B, 1, 3)
     normed = raw - centroid
-    radius = np.sqrt((normed * normed).sum(-1).max(axis=1))[:, None, None]  # (B, 1, 1)
-    radius = np.maximum(radius, np.float32(1e-12))
+    radius = np.sqrt(np.where(real, (normed * normed).sum(-1), 0).max(axis=1))[:, None, None]
+    radius = np.maximum(radius, np.float32(1e-12))  # (B, 1, 1)
     normed /= radius
+    normed[..., 0] += np.float32(PAD_OFFSET) * patches.repeat  # padding away from the object
     t1 = time.perf_counter()
     dense = np.asarray(upsampler.upsample_patches(normed), dtype=np.float32)
     t2 = time.perf_counter()

@@ -43,6 +43,9 @@ from .knn_numpy import nearest_neighbors
 #: distance; candidates within MAX_REACH go first (module docstring). 2 = the midpoint of a
 #: chord up to 4 nearest-neighbour distances long.
 MAX_REACH = 2.0
+#: Neighbours closer than this (unit-sphere patches / shapes) are the same point (a scan's
+#: duplicate returns): the spacing is the distance to the nearest point farther away.
+SAME_POINT = 1e-6
 
 
 def fps_extend_torch(fixed: torch.Tensor, candidates: torch.Tensor, n: int) -> torch.Tensor:
@@ -142,7 +145,9 @@ def select_per_point(xyz: torch.Tensor, candidates: torch.Tensor, ratio: int, *,
         nb_pts = pts[rows[:, None, None], nbr]  # (B, N, k, 3)
         d2 = (cand[:, :, :, None] - nb_pts[:, :, None]).square().sum(-1).amin(-1)  # (B,N,c-1)
         if max_reach is not None and k > 1:  # out of reach: after all in reach (-1 = taken)
-            spacing = (nb_pts[:, :, 1] - pts).norm(dim=-1)  # (B, N) nearest-neighbour dist.
+            gaps = (nb_pts[:, :, 1:] - pts[:, :, None]).norm(dim=-1)  # (B, N, k-1)
+            gaps = torch.where(gaps > SAME_POINT, gaps, torch.inf)  # duplicates do not count
+            spacing = gaps.amin(-1)  # (B, N) distance to the nearest other point
             reach = (cand - pts[:, :, None]).norm(dim=-1)  # (B, N, c-1)
             d2 = torch.where(reach > max_reach * spacing[..., None], -0.5, d2)
         m = c - 1
@@ -221,7 +226,8 @@ def fps_in_reach(fixed: np.ndarray, candidates: np.ndarray, parent: np.ndarray, 
     if max_reach is None or len(fixed) < 2:
         return fps_extend_numpy(fixed, candidates, n)
     fixed = np.asarray(fixed, dtype=np.float64)
-    spacing = nearest_neighbors(fixed, fixed, k=2)[0][:, 1]  # (F,)
+    gaps = nearest_neighbors(fixed, fixed, k=min(8, len(fixed)))[0][:, 1:]  # (F, k-1)
+    spacing = np.where(gaps > SAME_POINT, gaps, np.inf).min(axis=1)  # duplicates skipped
     reach = (np.linalg.norm(np.asarray(candidates, dtype=np.float64) - fixed[parent], axis=1)
              / np.maximum(spacing[parent], 1e-12))
     ok = np.flatnonzero(reach <= max_reach)
