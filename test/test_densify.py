@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sspu_ros.config import load_config, roi_boxes
-from sspu_ros.densify.densifier import PAD_OFFSET, crop_mask, densify_points
+from sspu_ros.densify.densifier import PAD_OFFSET, crop_mask, densify_points, unpad_patches
 from sspu_ros.errors import ConfigError
 from sspu_ros.runtime.loading import load_upsampler
 
@@ -111,6 +111,9 @@ def test_small_cluster_padded_with_far_copies_and_padding_copies_dropped():
     gap = np.linalg.norm(patch[n:, None] - patch[None, :n], axis=-1).min()
     assert gap >= PAD_OFFSET - 2.0 - 1e-5
     assert np.unique(patch.round(5), axis=0).shape[0] == 64  # no duplicates
+    # moved back for a training set of node patches: plain repeats
+    np.testing.assert_allclose(unpad_patches(patch[None])[0], patch[np.arange(64) % n],
+                               atol=1e-5)
     assert r.generated.shape == (2 * n, 3)  # copies of padding points dropped
     np.testing.assert_array_equal(np.unique(r.sources[:, 0]), ped)
 

@@ -113,6 +113,16 @@ def roi_mask(xyz: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 PAD_OFFSET = 5.0
 
 
+def unpad_patches(patches: np.ndarray) -> np.ndarray:
+    """(B, P, 3) unit-sphere patches as handed to ``upsample_patches`` -> the same with each
+    padding entry moved back onto the point it copies (plain repeats: what a training set
+    of node patches wants). Real points lie in the unit sphere (|x| <= 1), a padding copy at
+    x + q·PAD_OFFSET, so q = round(x / PAD_OFFSET)."""
+    out = np.array(patches, dtype=np.float32, copy=True)
+    out[..., 0] -= np.float32(PAD_OFFSET) * np.round(out[..., 0] / np.float32(PAD_OFFSET))
+    return out
+
+
 @dataclass
 class _Patches:
     idx: np.ndarray    # (B, P) int64 indices into the candidate points

@@ -51,9 +51,11 @@ __all__ = ["MANIFEST", "ONNX_NAME", "PatchRecorder", "finetune", "node_patches"]
 class PatchRecorder:
     """An :class:`~sspu_ros.runtime.upsampler.Upsampler` that records the patches it is given.
 
-    ``upsample_patches`` keeps a copy of the ``(B, P, 3)`` unit-sphere patches and returns
-    each point repeated ``ratio`` times (copy-major per point), so the densifier completes
-    its merge without a model.
+    ``upsample_patches`` keeps a copy of the ``(B, P, 3)`` unit-sphere patches (a small
+    cluster's padding, which the densifier moves away from the object, moved back onto the
+    points it repeats: :func:`~sspu_ros.densify.densifier.unpad_patches`) and returns each
+    point repeated ``ratio`` times (copy-major per point), so the densifier completes its
+    merge without a model.
     """
 
     backend = "recorder"
@@ -66,8 +68,10 @@ class PatchRecorder:
 
     def upsample_patches(self, patches: np.ndarray) -> np.ndarray:
         """(B, P, 3) -> (B, ratio*P, 3): row ``i*ratio + j`` is point i."""
+        from ..densify.densifier import unpad_patches
+
         p = np.array(patches, dtype=np.float32, copy=True)
-        self.patches.append(p)
+        self.patches.append(unpad_patches(p))
         return np.repeat(p, self.ratio, axis=1)
 
     def upsample(self, xyz: np.ndarray) -> np.ndarray:  # pragma: no cover - not used
