@@ -25,7 +25,7 @@ neighbour distances, so the midpoints to all r'-1 = 6 neighbours stay in reach (
 of the next ring (or of an object behind) reaches 3-10 of them: in the gaps the scan does
 not sample, often across a depth edge. Measured (``sspu bench quality``, README "What
 changed from the paper"): PU-GAN dev CD 0.1896 -> 0.1897; on LiDAR objects P2F 0.0155 ->
-0.0141 m (lidar-sim), accuracy 0.0146 -> 0.0116 m (KITTI objects, the node's path).
+0.0141 m (lidar-sim), accuracy 0.0196 -> 0.0181 m (KITTI objects, the node's path).
 
 Indices are picked without gradient; gather the coordinates afterwards so the gradient
 reaches the chosen candidates.
