@@ -351,11 +351,11 @@ def run_kitti_beams(data: str | Path, models: list[str], *, out_dir: str | Path 
     # the models first: a bad --model fails before the data is read
     ranged, beam_models, patch_models = _split_models(models)
     learned = _load_range_models(ranged)
-    beam_nets = _load_node_models(beam_models, BEAM_MODES["kitti-beams"],
+    node_rows = _load_node_models(beam_models, BEAM_MODES["kitti-beams"],
                                   patch_models=patch_models)
     fns = _load_models(patch_models)
     frames = kitti_frames(data)[frames if frames is not None else slice(None)][: limit or None]
-    names = [INPUT, MIDPOINTS, RANGE_INTERP, *learned, *beam_nets, *fns]
+    names = [INPUT, MIDPOINTS, RANGE_INTERP, *learned, *node_rows, *fns]
     pool = _Pool()
     seconds: dict[str, list[float]] = {n: [] for n in names}
     per_frame: dict[str, list] = {n: [] for n in names}
@@ -422,7 +422,7 @@ def run_kitti_beams(data: str | Path, models: list[str], *, out_dir: str | Path 
             RANGE_INTERP: interp,
             **{n: (lambda c, net=net: learned_interp(c, net)) for n, net in learned.items()},
             **{n: (lambda c, net=net, params=params: node_beams(c, net, params))
-               for n, (net, params) in beam_nets.items()},
+               for n, (net, params) in node_rows.items()},
             **fns,
         }
         frame_imgs = {"truth": truth_img.range}
@@ -602,16 +602,16 @@ def run_lidar_sim(data: str | Path, models: list[str], *, out_dir: str | Path | 
     distance_cache: dict = {}
     n_scenes = min(scans, limit) if limit else scans
     ranged, beam_models, patch_models = _split_models(models)
-    beam_nets = _load_node_models(beam_models, BEAM_MODES["lidar-sim"], ranged,
+    node_rows = _load_node_models(beam_models, BEAM_MODES["lidar-sim"], ranged,
                                   patch_models=patch_models)
     fns = _load_models(patch_models)
-    names = [INPUT, MIDPOINTS, RANGE_INTERP, *beam_nets, *fns]
+    names = [INPUT, MIDPOINTS, RANGE_INTERP, *node_rows, *fns]
     kept_input = dict.fromkeys(names, 0)
-    beam_info = {n: {"mode": params["mode"], "kind": getattr(net, "kind", "patches"),
+    node_info = {n: {"mode": params["mode"], "kind": getattr(net, "kind", "patches"),
                      "generated": 0, "ground_points": 0,
                      "beam_path": 0, "fallback": 0, "objects": 0,
                      "objects_with_new_points": 0}
-                 for n, (net, params) in beam_nets.items()}
+                 for n, (net, params) in node_rows.items()}
     pool = _Pool()
     seconds: dict[str, list[float]] = {n: [] for n in names}
     n_points = {"dense": 0, "sparse": 0}
@@ -632,8 +632,8 @@ def run_lidar_sim(data: str | Path, models: list[str], *, out_dir: str | Path | 
             t0 = time.perf_counter()
             if name == RANGE_INTERP:
                 pred, owner = _sim_range_interp(sparse, np.arange(0, N_BEAMS, KEEP_EVERY))
-            elif name in beam_nets:
-                pred, owner = _sim_beams(sparse, *beam_nets[name], beam_info[name])
+            elif name in node_rows:
+                pred, owner = _sim_beams(sparse, *node_rows[name], node_info[name])
             else:
                 pred, owner, refused = _densify_objects(sparse, point_methods[name])
                 kept_input[name] += refused
@@ -655,7 +655,7 @@ def run_lidar_sim(data: str | Path, models: list[str], *, out_dir: str | Path | 
                         "points": pool.n.get(f"{n}/p2f", 0),
                         "objects_not_densified": kept_input[n],
                         "seconds_per_scene": float(np.median(seconds[n])),
-                        **({"beams": beam_info[n]} if n in beam_info else {})}
+                        **({"beams": node_info[n]} if n in node_info else {})}
                     for n in names},
     }
     if plot and first_views is not None:
